@@ -1,0 +1,62 @@
+"""What the bridge hands to its outputs, and the latest-value cell that carries it.
+
+Sinks never queue limits: a sink that is slow or disconnected skips straight to the newest
+publication when it gets going again (design.md, "latest-value semantics").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+import trio
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Publication:
+    """One limit publication, already translated for EVerest.
+
+    limit_W is the watt value in force now (None = unlimited), end_time the wall-clock end of a
+    timed limit (None = no end), external_limits the exact ExternalLimits object EVerest gets.
+    """
+
+    time: datetime
+    state: str
+    limit_W: float | None  # noqa: N815 - unit suffix as in the config keys
+    end_time: datetime | None
+    external_limits: dict[str, Any]
+
+
+class LatestValue(Generic[T]):
+    """A cell holding the newest value plus a version counter; readers wait for a newer one.
+
+    Writers never block. Each reader remembers the version it last handled and asks for anything
+    newer; values set in between are skipped, which is exactly what a limit sink wants.
+    """
+
+    def __init__(self) -> None:
+        self._value: T | None = None
+        self._version = 0
+        self._changed = trio.Event()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def get(self) -> tuple[int, T | None]:
+        return self._version, self._value
+
+    def set(self, value: T) -> None:
+        self._value = value
+        self._version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_newer(self, seen_version: int) -> tuple[int, T]:
+        """Return (version, value) of the first value newer than seen_version."""
+        while self._version <= seen_version or self._value is None:
+            await self._changed.wait()
+        return self._version, self._value
