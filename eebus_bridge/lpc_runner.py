@@ -1,0 +1,187 @@
+"""The lpc task: the thin Trio shell around the pure LPC engine.
+
+It owns the engine for the life of the process (a restart of the sidecar connection is a
+communication loss, not a reboot), feeds it the inputs the eebus task sends, sleeps until the
+engine's next deadline with a cancel scope (never a polling tick), and carries out the decisions:
+publications go to the outputs' latest-value cell, failsafe values to the store, and the RPCs
+(answers, write-backs, SKI registrations, local data) to whichever sidecar connection is attached.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import trio
+
+from eebus_bridge.config import Config
+from eebus_bridge.failsafe_store import save_failsafe_values
+from eebus_bridge.lpc import (
+    Answer,
+    Decision,
+    FailsafeValues,
+    Input,
+    LpcEngine,
+    Note,
+    PersistFailsafeValues,
+    Publish,
+    RegisterSki,
+    SendLocalData,
+    Start,
+    StateChanged,
+    Tick,
+    WriteBackFailsafeDuration,
+    WriteBackFailsafeLimit,
+    to_external_limits,
+)
+from eebus_bridge.publication import LatestValue, Publication
+
+log = logging.getLogger("eebus_bridge.lpc")
+
+# Decisions that need the sidecar; they go to the attached eebus connection, if any.
+SidecarAction = Answer | WriteBackFailsafeLimit | WriteBackFailsafeDuration | RegisterSki | SendLocalData
+_SIDECAR_ACTIONS = (Answer, WriteBackFailsafeLimit, WriteBackFailsafeDuration, RegisterSki, SendLocalData)
+_INPUT_BUFFER = 1000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LpcRunner:
+    """Engine + inputs channel + decision dispatch. One per process."""
+
+    def __init__(
+        self,
+        config: Config,
+        publications: LatestValue[Publication],
+        *,
+        wall_clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.engine = LpcEngine(
+            config.lpc,
+            ems_ski_allowlist=config.eebus.ems_ski_allowlist,
+            accept_unknown_ems=config.eebus.accept_unknown_ems,
+        )
+        self.publications = publications
+        self._wall_clock = wall_clock
+        self._state_file: Path = config.lpc.state_file
+        self._to_persist: LatestValue[FailsafeValues] = LatestValue()
+        self._inputs_send, self._inputs_receive = trio.open_memory_channel[Input](_INPUT_BUFFER)
+        self._sidecar: trio.MemorySendChannel[SidecarAction] | None = None
+        self.started = False
+
+    # -- called by the runtime and the eebus task --------------------------------------------
+
+    def start(self, persisted: FailsafeValues | None) -> None:
+        """Start the engine (Init, and its one publication) before any task runs."""
+        self._apply(Start(persisted=persisted))
+        self.started = True
+
+    async def send(self, event: Input) -> None:
+        """Hand an input to the lpc task (waits only if 1000 inputs are already queued)."""
+        await self._inputs_send.send(event)
+
+    def attach_sidecar(self, actions: trio.MemorySendChannel[SidecarAction] | None) -> None:
+        """Route sidecar decisions to this connection (None: no connection, they are dropped).
+
+        Dropping is right: the sidecar auto-rejects unanswered writes, and the handshake of the
+        next connection writes the engine's whole current view and replays discovery.
+        """
+        self._sidecar = actions
+
+    # -- the task ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The lpc task: inputs in, Tick at each deadline, decisions out. Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._persist_task)
+            while True:
+                deadline = self.engine.next_deadline
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    event = await self._inputs_receive.receive()
+                    self._apply(event)
+                    continue
+                self._apply(Tick())
+
+    def _apply(self, event: Input) -> None:
+        now = trio.current_time()
+        for decision in self.engine.handle(event, now):
+            self._carry_out(decision, now)
+
+    def _carry_out(self, decision: Decision, now: float) -> None:
+        if isinstance(decision, Publish):
+            self._publish(decision, now)
+        elif isinstance(decision, StateChanged):
+            log.info(
+                "state %s -> %s [%s]",
+                decision.old.value,
+                decision.new.value,
+                decision.rule,
+                extra={"fields": {"old": decision.old.value, "new": decision.new.value, "rule": decision.rule}},
+            )
+        elif isinstance(decision, Note):
+            log.log(logging.WARNING if decision.level == "warning" else logging.INFO, "%s", decision.message)
+        elif isinstance(decision, PersistFailsafeValues):
+            self._to_persist.set(decision.values)
+        elif isinstance(decision, _SIDECAR_ACTIONS):
+            if isinstance(decision, Answer):
+                log.info(
+                    "write %d %s: %s",
+                    decision.msg_counter,
+                    "approved" if decision.approve else "denied",
+                    decision.reason or "-",
+                )
+            self._to_sidecar(decision)
+        else:  # pragma: no cover - a new decision type the runner does not know yet
+            log.error("unhandled LPC decision %r", decision)
+
+    def _to_sidecar(self, action: SidecarAction) -> None:
+        if self._sidecar is None:
+            log.debug("no sidecar connection: dropped %r", action)
+            return
+        try:
+            self._sidecar.send_nowait(action)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("sidecar connection not accepting actions: dropped %r", action)
+
+    def _publish(self, decision: Publish, now: float) -> None:
+        wall = self._wall_clock()
+        end_time = None if decision.end is None else wall + timedelta(seconds=decision.end - now)
+        publication = Publication(
+            time=wall,
+            state=decision.state.value,
+            limit_W=decision.limit_W,
+            end_time=end_time,
+            external_limits=to_external_limits(decision.limit_W, end_time, wall),
+        )
+        self.publications.set(publication)
+        limit = "unlimited" if decision.limit_W is None else f"{decision.limit_W:g} W"
+        until = "" if end_time is None else f" until {end_time.isoformat(timespec='seconds')}"
+        log.info(
+            "published %s: %s%s",
+            decision.state.value,
+            limit,
+            until,
+            extra={"fields": {"state": decision.state.value, "limit_W": decision.limit_W}},
+        )
+
+    async def _persist_task(self) -> None:
+        """Write accepted failsafe values off the Trio thread; latest value wins."""
+        seen = 0
+        while True:
+            seen, values = await self._to_persist.wait_newer(seen)
+            try:
+                await trio.to_thread.run_sync(save_failsafe_values, self._state_file, values)
+            except OSError as exc:
+                log.error("cannot store failsafe values in %s: %s", self._state_file, exc)
+            else:
+                log.info(
+                    "stored failsafe values %g W / %g s in %s",
+                    values.limit_W,
+                    values.duration_s,
+                    self._state_file,
+                )

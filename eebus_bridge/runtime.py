@@ -1,0 +1,169 @@
+"""`eebus-bridge run`: the supervised Trio program.
+
+    Bridge.run
+      ├─ lpc task        LpcRunner.run: engine inputs, deadlines, decisions     (whole process)
+      ├─ output tasks    one per sink, latest-value delivery                    (whole process)
+      └─ connection group, restarted as a whole with backoff when any member fails:
+           ├─ sidecar task   SidecarProcess.run (when [sidecar] manage = true)
+           └─ eebus task     EebusLink.run: handshake, streams, RPCs with deadlines
+
+Why the lpc and output tasks sit outside the restarted group: a restart is a communication loss,
+handled by the heartbeat rule, and the failsafe must still be published on time while the group
+waits out its backoff (up to a minute). Only the tasks that talk to the sidecar restart; they
+are cancelled and restarted together, so a restarted eebus task always meets a fresh sidecar.
+The lpc and output tasks are restarted on their own if they ever fail (that would be a bug).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable
+
+import trio
+import trio_asyncio
+
+from eebus_bridge.config import Config
+from eebus_bridge.eebus_link import EebusLink
+from eebus_bridge.failsafe_store import load_failsafe_values
+from eebus_bridge.lpc_runner import LpcRunner
+from eebus_bridge.publication import LatestValue, Publication
+from eebus_bridge.sidecar_process import SidecarProcess, sidecar_command
+from eebus_bridge.sinks import Sink, make_sink
+
+log = logging.getLogger("eebus_bridge")
+
+BACKOFF_CAP_S = 60.0
+HEALTHY_AFTER_S = 60.0  # a group that ran this long resets the backoff
+SIDECAR_GRACE_S = 1.0  # SIGTERM -> SIGKILL; keeps a clean shutdown within 2 s
+
+
+class RestartBackoff:
+    """Start at `initial`, double up to 60 s, +-20 % jitter; reset after 60 s of health."""
+
+    def __init__(self, initial: float, *, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self._next = initial
+        self._rng = rng or random.Random()
+
+    def delay(self, healthy_for: float) -> float:
+        if healthy_for >= HEALTHY_AFTER_S:
+            self._next = self.initial
+        base = self._next
+        self._next = min(self._next * 2, BACKOFF_CAP_S)
+        return min(base * self._rng.uniform(0.8, 1.2), BACKOFF_CAP_S)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming every leaf exception of a (possibly nested) group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_failure(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_EXPECTED_FAILURES = (
+    "SidecarExited",
+    "SidecarUnreachable",
+    "SidecarRpcError",
+    "HandshakeFailed",
+    "TooSlowError",
+)
+
+
+def _is_expected(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_expected(e) for e in exc.exceptions)
+    return type(exc).__name__ in _EXPECTED_FAILURES
+
+
+class Bridge:
+    """The whole bridge for one config. `run()` needs an open trio-asyncio loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.publications: LatestValue[Publication] = LatestValue()
+        self.runner = LpcRunner(config, self.publications)
+        self.link = EebusLink(config, self.runner)
+        self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
+        self.sidecar: SidecarProcess | None = None
+        self.connections = 0  # completed handshakes, for status and tests
+        self.connected = trio.Event()  # set on each completed handshake, replaced on failure
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runner.start(load_failsafe_values(self.config.lpc.state_file))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_running, "lpc", self.runner.run)
+            for sink in self.sinks:
+                nursery.start_soon(self._keep_running, sink.name, self._sink_runner(sink))
+            task_status.started()
+            await self._supervise_connection()
+
+    def _sink_runner(self, sink: Sink) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await sink.run(self.publications)
+
+        return run
+
+    async def _keep_running(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await fn()
+                log.error("%s task returned; restarting it", name)
+            except Exception:
+                log.exception("%s task failed; restarting it", name)
+            await trio.sleep(1.0)
+
+    async def _supervise_connection(self) -> None:
+        managed = self.config.sidecar.manage
+        initial = self.config.sidecar.restart_delay_s if managed else self.config.eebus.reconnect_delay_s
+        backoff = RestartBackoff(initial)
+        while True:
+            began = trio.current_time()
+            try:
+                async with trio.open_nursery() as group:
+                    if managed:
+                        self.sidecar = SidecarProcess(sidecar_command(self.config), grace_s=SIDECAR_GRACE_S)
+                        await group.start(self.sidecar.run)
+                    await group.start(self.link.run)
+                    self.connections += 1
+                    self.connected.set()
+            except Exception as exc:
+                if _is_expected(exc):
+                    log.warning("sidecar connection lost: %s", describe_failure(exc))
+                else:
+                    log.exception("sidecar connection failed unexpectedly")
+            else:  # pragma: no cover - the group's tasks only end by raising
+                log.error("sidecar connection ended without an error")
+            self.connected = trio.Event()
+            delay = backoff.delay(trio.current_time() - began)
+            what = "restarting the sidecar" if managed else "reconnecting to the sidecar"
+            log.warning("%s in %.1f s", what, delay)
+            await trio.sleep(delay)
+
+
+async def _exit_on_signal(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            cancel_scope.cancel()
+            return
+
+
+async def _main(config: Config) -> None:
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        nursery.start_soon(_exit_on_signal, nursery.cancel_scope)
+        await Bridge(config).run()
+
+
+def run_bridge(config: Config) -> int:
+    """Run until SIGINT/SIGTERM; 0 after a clean shutdown."""
+    log.info(
+        "eebus-bridge starting: sidecar %s on port %d, %d output(s)",
+        "managed" if config.sidecar.manage else "external",
+        config.eebus.grpc_port,
+        len(config.outputs),
+    )
+    trio.run(_main, config)
+    log.info("eebus-bridge stopped")
+    return 0
