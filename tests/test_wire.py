@@ -41,7 +41,14 @@ def protoc_modules(tmp_path_factory: pytest.TempPathFactory) -> list[ModuleType]
     out = tmp_path_factory.mktemp("protoc_python")
     files = sorted(p.relative_to(PROTO_DIR).as_posix() for p in PROTO_DIR.rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={out}", *files],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"--python_out={out}",
+            *files,
+        ],
         check=True,
     )
     sys.path.insert(0, str(out))
@@ -212,3 +219,102 @@ def test_committed_generated_code_is_fresh(tmp_path: Path) -> None:
 
     cmp = filecmp.dircmp(str(committed), str(fresh), ignore=["__pycache__"])
     assert differences(cmp) == [], "run: python tools/gen_grpc.py"
+
+
+# spec/wire.md's message tables, transcribed: "number type name" per field. proto/ must match
+# them (the encoding test above only proves that proto/ and our generated code agree).
+_LPC_FIELDS = {
+    "ConsumptionLimitResponse": "1 common_types.LoadLimit load_limit",
+    "SetConsumptionLimitRequest": "1 common_types.LoadLimit load_limit",
+    "PendingConsumptionLimitResponse": "1 map<uint64,common_types.LoadLimit> load_limits",
+    "ApproveOrDenyConsumptionLimitRequest": "1 uint64 msg_counter; 2 bool approve; 3 string reason",
+    "FailsafeConsumptionActivePowerLimitResponse": "1 double limit; 2 bool is_changeable",
+    "SetFailsafeConsumptionActivePowerLimitRequest": "1 double value; 2 bool is_changeable",
+    "FailsafeDurationMinimumResponse": "1 int64 duration_nanoseconds; 2 bool is_changeable",
+    "SetFailsafeDurationMinimumRequest": "1 int64 duration_nanoseconds; 2 bool is_changeable",
+    "IsHeartbeatWithinDurationResponse": "1 bool is_within_duration",
+    "ConsumptionNominalMaxResponse": "1 double value",
+    "SetConsumptionNominalMaxRequest": "1 double value",
+}
+SPEC_FIELDS = {
+    "common_types.LoadLimit": "1 int64 duration_nanoseconds; 2 bool is_changeable; "
+    "3 bool is_active; 4 double value; 5 bool delete_duration",
+    "common_types.EntityAddress": "1 repeated uint32 entity_address",
+    "control_service.SetConfigRequest": "1 uint32 port; 2 string vendor_code; "
+    "3 string device_brand; 4 string device_model; 5 string serial_number; "
+    "6 repeated control_service.DeviceCategory.Enum device_categories; "
+    "7 control_service.DeviceType.Enum device_type; "
+    "8 repeated control_service.EntityType.Enum entity_types; 9 uint32 heartbeat_timeout_seconds",
+    "control_service.AddEntityRequest": "1 control_service.EntityType.Enum type; "
+    "2 common_types.EntityAddress address",
+    "control_service.RemoveEntityRequest": "1 common_types.EntityAddress address",
+    "control_service.AddUseCaseRequest": "1 common_types.EntityAddress entity_address; "
+    "2 control_service.UseCase use_case",
+    "control_service.AddUseCaseResponse": "1 string endpoint",
+    "control_service.RegisterRemoteSkiRequest": "1 string remote_ski",
+    "control_service.SubscribeUseCaseEventsRequest": "1 common_types.EntityAddress entity_address; "
+    "2 control_service.UseCase use_case",
+    "control_service.SubscribeUseCaseEventsResponse": "1 string remote_ski; "
+    "2 common_types.EntityAddress remote_entity_address; "
+    "3 control_service.UseCaseEvent use_case_event",
+    "control_service.DiscoveryEvent": "1 control_service.DiscoveryEvent.Type type; "
+    "2 string remote_ski; 3 string ship_identifier; 4 string brand; 5 string model; "
+    "6 string device_type; 7 string serial; 8 bool is_trusted",
+    "control_service.UseCase": "1 control_service.UseCase.ActorType.Enum actor; "
+    "2 control_service.UseCase.NameType.Enum name",
+    "control_service.UseCaseEvent": "1 control_service.UseCase use_case; 2 string event",
+    **{f"cs_lpc.{name}": fields for name, fields in _LPC_FIELDS.items()},
+}
+_TYPE_NAMES = {
+    FieldDescriptor.TYPE_DOUBLE: "double",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+    FieldDescriptor.TYPE_BOOL: "bool",
+    FieldDescriptor.TYPE_STRING: "string",
+}
+
+
+def _describe_field(field: FieldDescriptor) -> str:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        key, value = (field.message_type.fields_by_name[n] for n in ("key", "value"))
+        return f"{field.number} map<{_describe_type(key)},{_describe_type(value)}> {field.name}"
+    repeated = "repeated " if field.is_repeated else ""
+    return f"{field.number} {repeated}{_describe_type(field)} {field.name}"
+
+
+def _describe_type(field: FieldDescriptor) -> str:
+    if field.message_type is not None:
+        return str(field.message_type.full_name)
+    if field.enum_type is not None:
+        return str(field.enum_type.full_name)
+    return _TYPE_NAMES[field.type]
+
+
+def test_proto_fields_match_the_spec_tables(protoc_modules: list[ModuleType]) -> None:
+    by_name = {d.full_name: d for d in _all_messages(protoc_modules)}
+    for name, expected in SPEC_FIELDS.items():
+        actual = "; ".join(_describe_field(f) for f in by_name[name].fields)
+        assert actual == expected, name
+    # Every other message is empty (requests/responses without fields, enum wrappers).
+    for name, desc in by_name.items():
+        if name not in SPEC_FIELDS:
+            assert not desc.fields, f"{name} has fields the spec does not list"
+    services = {
+        s.full_name: sorted(m.name for m in s.methods)
+        for module in protoc_modules
+        for s in module.DESCRIPTOR.services_by_name.values()
+    }
+    assert len(services["cs_lpc.ControllableSystemLPCControl"]) == 13
+    streaming = {
+        m.name
+        for module in protoc_modules
+        for s in module.DESCRIPTOR.services_by_name.values()
+        for m in s.methods
+        if m.server_streaming or m.client_streaming
+    }
+    assert streaming == {"SubscribeUseCaseEvents", "SubscribeDiscoveryEvents"}
+    assert len(services["control_service.ControlService"]) == 10
+    proto_text = "".join(p.read_text() for p in PROTO_DIR.rglob("*.proto"))
+    for package in ("common_types", "control_service", "usecases/cs/lpc"):
+        assert f'go_package = "github.com/enbility/eebus-grpc/rpc_services/{package}"' in proto_text
