@@ -82,10 +82,14 @@ class EebusLink:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One connection; returns only by raising (or being cancelled)."""
-        async with SidecarClient(self._host, self._config.eebus.grpc_port, self._config.eebus.rpc_timeout_s) as client:
+        async with SidecarClient(
+            self._host, self._config.eebus.grpc_port, self._config.eebus.rpc_timeout_s
+        ) as client:
             actions_send, actions_receive = trio.open_memory_channel[SidecarAction](_ACTION_BUFFER)
             events_send, events_receive = trio.open_memory_channel[UseCaseEvent](_EVENT_BUFFER)
-            discovery_send, discovery_receive = trio.open_memory_channel[DiscoveryEvent](_EVENT_BUFFER)
+            discovery_send, discovery_receive = trio.open_memory_channel[DiscoveryEvent](
+                _EVENT_BUFFER
+            )
             try:
                 async with trio.open_nursery() as nursery:
                     fresh = await self._setup(client)
@@ -105,7 +109,11 @@ class EebusLink:
                     # have written (for a fresh sidecar this returns what step 6 wrote).
                     await self._resync(client)
                     self._runner.attach_sidecar(actions_send)
-                    log.info("connected to the sidecar at %s:%d", self._host, self._config.eebus.grpc_port)
+                    log.info(
+                        "connected to the sidecar at %s:%d",
+                        self._host,
+                        self._config.eebus.grpc_port,
+                    )
                     task_status.started()
                     nursery.start_soon(self._carry_out_actions, client, actions_receive)
                     nursery.start_soon(self._handle_discovery, discovery_receive)

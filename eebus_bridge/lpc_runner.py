@@ -42,8 +42,16 @@ from eebus_bridge.publication import LatestValue, Publication
 log = logging.getLogger("eebus_bridge.lpc")
 
 # Decisions that need the sidecar; they go to the attached eebus connection, if any.
-SidecarAction = Answer | WriteBackFailsafeLimit | WriteBackFailsafeDuration | RegisterSki | SendLocalData
-_SIDECAR_ACTIONS = (Answer, WriteBackFailsafeLimit, WriteBackFailsafeDuration, RegisterSki, SendLocalData)
+SidecarAction = (
+    Answer | WriteBackFailsafeLimit | WriteBackFailsafeDuration | RegisterSki | SendLocalData
+)
+_SIDECAR_ACTIONS = (
+    Answer,
+    WriteBackFailsafeLimit,
+    WriteBackFailsafeDuration,
+    RegisterSki,
+    SendLocalData,
+)
 _INPUT_BUFFER = 1000
 
 
@@ -121,10 +129,20 @@ class LpcRunner:
                 decision.old.value,
                 decision.new.value,
                 decision.rule,
-                extra={"fields": {"old": decision.old.value, "new": decision.new.value, "rule": decision.rule}},
+                extra={
+                    "fields": {
+                        "old": decision.old.value,
+                        "new": decision.new.value,
+                        "rule": decision.rule,
+                    }
+                },
             )
         elif isinstance(decision, Note):
-            log.log(logging.WARNING if decision.level == "warning" else logging.INFO, "%s", decision.message)
+            log.log(
+                logging.WARNING if decision.level == "warning" else logging.INFO,
+                "%s",
+                decision.message,
+            )
         elif isinstance(decision, PersistFailsafeValues):
             self._to_persist.set(decision.values)
         elif isinstance(decision, _SIDECAR_ACTIONS):

@@ -116,14 +116,18 @@ class Bridge:
 
     async def _supervise_connection(self) -> None:
         managed = self.config.sidecar.manage
-        initial = self.config.sidecar.restart_delay_s if managed else self.config.eebus.reconnect_delay_s
+        initial = (
+            self.config.sidecar.restart_delay_s if managed else self.config.eebus.reconnect_delay_s
+        )
         backoff = RestartBackoff(initial)
         while True:
             began = trio.current_time()
             try:
                 async with trio.open_nursery() as group:
                     if managed:
-                        self.sidecar = SidecarProcess(sidecar_command(self.config), grace_s=SIDECAR_GRACE_S)
+                        self.sidecar = SidecarProcess(
+                            sidecar_command(self.config), grace_s=SIDECAR_GRACE_S
+                        )
                         await group.start(self.sidecar.run)
                     await group.start(self.link.run)
                     self.connections += 1

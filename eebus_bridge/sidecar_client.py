@@ -12,7 +12,6 @@ of freezing the bridge (stack-notes: grpclib never notices a stopped server by i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -25,9 +24,8 @@ import trio
 import trio_asyncio
 from grpclib.const import Cardinality, Status
 
-from eebus_bridge.generated import common_types
+from eebus_bridge.generated import common_types, cs_lpc
 from eebus_bridge.generated import control_service as cs
-from eebus_bridge.generated import cs_lpc
 from eebus_bridge.lpc import SidecarLimit
 
 log = logging.getLogger(__name__)
@@ -162,12 +160,13 @@ class SidecarClient:
         # The grpclib deadline is the real one; the Trio bound is a backstop for a stuck loop.
         with trio.move_on_after(self._timeout + 1.0) as backstop:
             try:
-                return await trio_asyncio.aio_as_trio(_aio)()
+                result: T = await trio_asyncio.aio_as_trio(_aio)()
+                return result
             except grpclib.exceptions.GRPCError as exc:
                 if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
                     raise SidecarUnreachable(f"{rpc}: {exc.status.name} {exc.message}") from exc
                 raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
-            except (OSError, asyncio.TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
+            except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
                 raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
         assert backstop.cancelled_caught
         raise SidecarUnreachable(f"{rpc}: no answer within {self._timeout + 1.0:.1f} s")
@@ -192,11 +191,15 @@ class SidecarClient:
 
     async def register_remote_ski(self, ski: str) -> None:
         request = cs.RegisterRemoteSkiRequest(remote_ski=ski)
-        await self._call("RegisterRemoteSki", lambda: self._control_stub().register_remote_ski(request))
+        await self._call(
+            "RegisterRemoteSki", lambda: self._control_stub().register_remote_ski(request)
+        )
 
     async def add_use_case(self) -> str:
         request = cs.AddUseCaseRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
-        response = await self._call("AddUseCase", lambda: self._control_stub().add_use_case(request))
+        response = await self._call(
+            "AddUseCase", lambda: self._control_stub().add_use_case(request)
+        )
         return response.endpoint
 
     async def start_service(self) -> None:
@@ -220,12 +223,15 @@ class SidecarClient:
     async def set_consumption_nominal_max(self, value_w: float) -> None:
         request = cs_lpc.SetConsumptionNominalMaxRequest(value=value_w)
         await self._call(
-            "SetConsumptionNominalMax", lambda: self._lpc_stub().set_consumption_nominal_max(request)
+            "SetConsumptionNominalMax",
+            lambda: self._lpc_stub().set_consumption_nominal_max(request),
         )
 
     async def set_consumption_limit(self, limit: SidecarLimit) -> None:
         request = cs_lpc.SetConsumptionLimitRequest(load_limit=limit_to_wire(limit))
-        await self._call("SetConsumptionLimit", lambda: self._lpc_stub().set_consumption_limit(request))
+        await self._call(
+            "SetConsumptionLimit", lambda: self._lpc_stub().set_consumption_limit(request)
+        )
 
     async def set_failsafe_limit(self, value_w: float) -> None:
         request = cs_lpc.SetFailsafeConsumptionActivePowerLimitRequest(
@@ -249,7 +255,9 @@ class SidecarClient:
         await self._call("StartHeartbeat", lambda: self._lpc_stub().start_heartbeat())
 
     async def consumption_limit(self) -> SidecarLimit:
-        response = await self._call("ConsumptionLimit", lambda: self._lpc_stub().consumption_limit())
+        response = await self._call(
+            "ConsumptionLimit", lambda: self._lpc_stub().consumption_limit()
+        )
         return limit_from_wire(response.load_limit)
 
     async def pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
@@ -373,6 +381,6 @@ class SidecarClient:
             await trio_asyncio.aio_as_trio(_aio)()
         except grpclib.exceptions.GRPCError as exc:
             raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
-        except (OSError, asyncio.TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
+        except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
             raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
         raise SidecarUnreachable(f"{rpc}: the sidecar ended the stream")

@@ -2,20 +2,21 @@
 
 The real sidecar ignores SIGTERM once its EEBUS service runs (spec/wire.md), so stopping is
 SIGTERM to the whole process group, at most `grace_s` to exit, then SIGKILL to the group. It runs
-in its own session so that grandchildren die with it, and with PR_SET_PDEATHSIG so that it dies
-with us even when the bridge itself is SIGKILLed (an orphaned sidecar would hold the gRPC port
-and make the next bridge start fail).
+in its own session so that grandchildren die with it.
+
+If the bridge itself is SIGKILLed, nothing here can stop the sidecar; under systemd the default
+KillMode=control-group ends it with the bridge's cgroup. (PR_SET_PDEATHSIG is no help: Trio forks
+from a worker thread, and the signal fires when that thread, not the process, exits.)
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +38,6 @@ _LEVELS = {
     "ERROR": logging.ERROR,
     "FATAL": logging.CRITICAL,
 }
-_PR_SET_PDEATHSIG = 1
 
 
 class SidecarExited(Exception):
@@ -65,12 +65,6 @@ def sidecar_command(config: Config) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class SidecarProcess:
     """One run of the sidecar binary; `run()` returns only by raising or being cancelled."""
 
@@ -92,7 +86,6 @@ class SidecarProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self.pid = process.pid
         log.info("sidecar started (pid %d): %s", process.pid, " ".join(self.command))
@@ -148,7 +141,5 @@ async def _stop_group(process: trio.Process, grace_s: float) -> None:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
