@@ -25,7 +25,7 @@ class Publication:
 
     time: datetime
     state: str
-    limit_W: float | None  # noqa: N815 - unit suffix as in the config keys
+    limit_W: float | None
     end_time: datetime | None
     external_limits: dict[str, Any]
 

@@ -1,0 +1,75 @@
+"""The LPC engine: the spec/lpc.md rules as a pure state machine, plus the ExternalLimits
+translation. No clock, no I/O, no trio/asyncio/grpclib here: the runtime drives it."""
+
+from eebus_bridge.lpc.decisions import (
+    Answer,
+    Decision,
+    Note,
+    PersistFailsafeValues,
+    Publish,
+    RegisterSki,
+    SendLocalData,
+    StateChanged,
+    WriteBackFailsafeDuration,
+    WriteBackFailsafeLimit,
+)
+from eebus_bridge.lpc.engine import (
+    FDM_MAX_S,
+    FDM_MIN_S,
+    LPC_001_REASON,
+    REREAD_END_TOLERANCE_S,
+    LpcEngine,
+    LpcUsageError,
+)
+from eebus_bridge.lpc.external_limits import SOURCE, format_timestamp, to_external_limits
+from eebus_bridge.lpc.inputs import (
+    Discovered,
+    FailsafeDurationUpdated,
+    FailsafeLimitUpdated,
+    Heartbeat,
+    Input,
+    LimitUpdated,
+    Removed,
+    Start,
+    Tick,
+    UseCaseSupportUpdate,
+    WriteApprovalRequired,
+)
+from eebus_bridge.lpc.values import EngineStatus, FailsafeValues, LpcState, SidecarLimit
+
+__all__ = [
+    "FDM_MAX_S",
+    "FDM_MIN_S",
+    "LPC_001_REASON",
+    "REREAD_END_TOLERANCE_S",
+    "SOURCE",
+    "Answer",
+    "Decision",
+    "Discovered",
+    "EngineStatus",
+    "FailsafeDurationUpdated",
+    "FailsafeLimitUpdated",
+    "FailsafeValues",
+    "Heartbeat",
+    "Input",
+    "LimitUpdated",
+    "LpcEngine",
+    "LpcState",
+    "LpcUsageError",
+    "Note",
+    "PersistFailsafeValues",
+    "Publish",
+    "RegisterSki",
+    "Removed",
+    "SendLocalData",
+    "SidecarLimit",
+    "Start",
+    "StateChanged",
+    "Tick",
+    "UseCaseSupportUpdate",
+    "WriteApprovalRequired",
+    "WriteBackFailsafeDuration",
+    "WriteBackFailsafeLimit",
+    "format_timestamp",
+    "to_external_limits",
+]
