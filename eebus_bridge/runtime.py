@@ -80,9 +80,11 @@ def _is_expected(exc: BaseException) -> bool:
 class Bridge:
     """The whole bridge for one config. `run()` needs an open trio-asyncio loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, publications: LatestValue[Publication] | None = None
+    ) -> None:
         self.config = config
-        self.publications: LatestValue[Publication] = LatestValue()
+        self.publications = publications if publications is not None else LatestValue()
         self.runner = LpcRunner(config, self.publications)
         self.link = EebusLink(config, self.runner)
         self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]

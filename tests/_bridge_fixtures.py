@@ -1,0 +1,149 @@
+"""Running the real bridge in a test: config files, a recording publication cell, helpers."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from eebus_bridge.config import Config, load_config
+from eebus_bridge.publication import LatestValue, Publication
+from eebus_bridge.runtime import Bridge
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATOR = ROOT / "tools" / "eebus_grpc_api_sim"
+EG_SKI = "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f001"
+OTHER_SKI = "0123456789abcdef0123456789abcdef01234567"
+
+# Shortened [lpc.timing] so that a test sees every timed rule within seconds.
+FAST_TIMING = {
+    "heartbeat_timeout_s": 2.0,
+    "init_timeout_s": 2.0,
+    "failsafe_recovery_s": 1.5,
+    "write_window_s": 1.0,
+}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(
+    folder: Path,
+    *,
+    grpc_port: int,
+    manage: bool = False,
+    eebus: dict[str, object] | None = None,
+    lpc: dict[str, object] | None = None,
+    timing: dict[str, object] | None = None,
+    sidecar: dict[str, object] | None = None,
+    jsonl: str = "publications.jsonl",
+) -> Path:
+    """A complete bridge config in folder/bridge.toml (values merged over test defaults)."""
+    sections: dict[str, dict[str, object]] = {
+        "device": {
+            "vendor_code": "TEST",
+            "brand": "eebus-bridge",
+            "model": "test-wallbox",
+            "serial_number": "SN-1",
+        },
+        "eebus": {
+            "grpc_port": grpc_port,
+            "rpc_timeout_s": 1.0,
+            "reconnect_delay_s": 0.2,
+            "accept_unknown_ems": False,
+            **(eebus or {}),
+        },
+        "sidecar": {
+            "manage": manage,
+            "binary": str(SIMULATOR),
+            "restart_delay_s": 0.2,
+            **(sidecar or {}),
+        },
+        "lpc": {"state_file": "state.json", **(lpc or {})},
+        "lpc.timing": {**FAST_TIMING, **(timing or {})},
+    }
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
+    path = folder / "bridge.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def make_config(folder: Path, **kwargs: object) -> Config:
+    return load_config(write_config(folder, **kwargs)).config  # type: ignore[arg-type]
+
+
+class RecordingPublications(LatestValue[Publication]):
+    """The latest-value cell, also keeping every publication for assertions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[Publication] = []
+        self._any = trio.Event()
+
+    def set(self, value: Publication) -> None:
+        self.history.append(value)
+        super().set(value)
+        self._any.set()
+        self._any = trio.Event()
+
+    @property
+    def states(self) -> list[str]:
+        return [p.state for p in self.history]
+
+    async def wait_for(
+        self, predicate: Callable[[Publication], bool], *, limit_s: float = 10.0, start: int = 0
+    ) -> Publication:
+        """The first publication (index >= start) that matches."""
+        with trio.fail_after(limit_s):
+            while True:
+                for publication in self.history[start:]:
+                    if predicate(publication):
+                        return publication
+                await self._any.wait()
+
+    async def wait_state(self, state: str, *, limit_s: float = 10.0, start: int = 0) -> Publication:
+        return await self.wait_for(lambda p: p.state == state, limit_s=limit_s, start=start)
+
+
+def valid_limit(publication: Publication) -> bool:
+    """No publication may carry a negative, NaN or infinite value."""
+    value = publication.limit_W
+    return value is None or (math.isfinite(value) and value >= 0)
+
+
+@asynccontextmanager
+async def running_bridge(config: Config) -> AsyncIterator[tuple[Bridge, RecordingPublications]]:
+    """The real Bridge (lpc, outputs, supervised connection) inside the test's Trio run.
+
+    Needs the trio-asyncio loop the simulator fixture opens.
+    """
+    publications = RecordingPublications()
+    bridge = Bridge(config, publications=publications)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run)
+        try:
+            yield bridge, publications
+        finally:
+            nursery.cancel_scope.cancel()
+    for publication in publications.history:
+        assert valid_limit(publication), publication
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
