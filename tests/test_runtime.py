@@ -147,7 +147,7 @@ async def test_heartbeat_loss_gives_failsafe_on_time_then_recovery(tmp_path: Pat
             assert 1.6 <= waited <= 2.0 + 0.5
             assert failsafe.limit_W == 4200.0
             sim.start_eg_heartbeat()
-            # No new limit after the returning heartbeat: Unlimited/autonomous after 1.5 s [LPC-921].
+            # No new limit after the returning heartbeat: autonomous after 1.5 s [LPC-921].
             autonomous = await publications.wait_state("Unlimited/autonomous", limit_s=6)
             assert autonomous.limit_W is None
             assert publications.states == [
@@ -235,7 +235,7 @@ async def test_permissive_policy_approves_without_heartbeat(tmp_path: Path) -> N
             lpc={"approval_policy": "permissive"},
             timing={"init_timeout_s": 1.0},
         )
-        async with running_bridge(config) as (_bridge, publications):
+        async with running_bridge(config) as (_bridge, _publications):
             approval = await sim.wait_for_approval(timeout=6)
             assert approval.approve is True
 
