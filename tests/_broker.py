@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import pytest
 import trio
 
 from eebus_bridge.sinks.mqtt import (
@@ -44,6 +45,14 @@ _STOP_TIMEOUT_S = 5.0
 
 def mosquitto_available() -> bool:
     return os.access(MOSQUITTO, os.X_OK)
+
+
+# Without mosquitto the broker tests are skipped on a developer's machine, but never in CI
+# (CI=true): there a missing broker must fail loudly instead of passing silently.
+requires_mosquitto = pytest.mark.skipif(
+    not mosquitto_available() and not os.environ.get("CI"),
+    reason="mosquitto is not installed (apt-get install mosquitto)",
+)
 
 
 def free_port() -> int:

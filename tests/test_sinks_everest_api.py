@@ -23,7 +23,7 @@ from tests._broker import (
     LogWatcher,
     MosquittoBroker,
     Recorder,
-    mosquitto_available,
+    requires_mosquitto,
     running_mosquitto,
 )
 from tests._publications import (
@@ -35,7 +35,7 @@ from tests._publications import (
     unlimited,
 )
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+pytestmark = requires_mosquitto
 
 MODULE_ID = "eebus_lpc_api"
 BASE = f"everest_api/1/external_energy_limits_consumer/{MODULE_ID}"

@@ -14,10 +14,10 @@ from eebus_bridge.config import EverestLegacyApiOutput, LpcConfig
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.backoff import BackoffPolicy
 from eebus_bridge.sinks.everest_legacy import EverestLegacyApiSink, format_watts
-from tests._broker import LogWatcher, Recorder, mosquitto_available, running_mosquitto
+from tests._broker import LogWatcher, Recorder, requires_mosquitto, running_mosquitto
 from tests._publications import failsafe, limited, limited_for, unlimited
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+pytestmark = requires_mosquitto
 
 FAST = BackoffPolicy(initial_s=0.05, maximum_s=0.3, healthy_s=5.0)
 LPC = LpcConfig(max_nominal_power_W=22000.0, failsafe_limit_W=4200.0)

@@ -17,9 +17,9 @@ from eebus_bridge.sinks.mqtt import (
     MqttRefusedError,
     open_mqtt_connection,
 )
-from tests._broker import MosquittoBroker, Recorder, mosquitto_available, running_mosquitto
+from tests._broker import MosquittoBroker, Recorder, requires_mosquitto, running_mosquitto
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+pytestmark = requires_mosquitto
 
 
 @pytest.fixture
