@@ -48,6 +48,7 @@ def write_config(
     timing: dict[str, object] | None = None,
     sidecar: dict[str, object] | None = None,
     jsonl: str = "publications.jsonl",
+    extra_outputs: str = "",
 ) -> Path:
     """A complete bridge config in folder/bridge.toml (values merged over test defaults)."""
     sections: dict[str, dict[str, object]] = {
@@ -79,6 +80,7 @@ def write_config(
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         lines.append("")
     lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
+    lines.append(dedent(extra_outputs))
     path = folder / "bridge.toml"
     path.write_text("\n".join(lines))
     return path
