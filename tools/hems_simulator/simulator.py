@@ -238,6 +238,38 @@ class HemsSimulator:
         self._alive()
         self.eg.send_heartbeat()
 
+    def inject_event(self, name: str, ski: str = "", entity: tuple[int, ...] = (1,)) -> None:
+        """Emit a raw use-case event, as a faulty or newer sidecar might (robustness tests)."""
+        self._alive()
+        self.sidecar._emit(name, ski, entity)
+
+    def overwrite_values(
+        self,
+        *,
+        limit_value: float | None = None,
+        limit_active: bool | None = None,
+        limit_duration_ns: int | None = None,
+        failsafe_limit: float | None = None,
+        failsafe_duration_ns: int | None = None,
+    ) -> None:
+        """Change stored LPC values behind the client's back, bypassing every check, so that
+        tests can make the sidecar return values no real EG write should produce."""
+        self._alive()
+        lpc = self._lpc()
+        if lpc is None:
+            raise SimulatorError("the LPC use case has not been added yet")
+        if limit_value is not None:
+            lpc.limit.value = limit_value
+        if limit_active is not None:
+            lpc.limit.is_active = limit_active
+        if limit_duration_ns is not None:
+            lpc.limit.duration_ns = limit_duration_ns
+            lpc.limit.set_at = self.sidecar._clock()
+        if failsafe_limit is not None:
+            lpc.failsafe_limit = failsafe_limit
+        if failsafe_duration_ns is not None:
+            lpc.failsafe_duration_ns = failsafe_duration_ns
+
     def disconnect_eg(self) -> None:
         self._alive()
         self.eg.disconnect()
