@@ -430,3 +430,59 @@ async def test_logs_name_rule_ids_and_approvals(
     messages = [r.getMessage() for r in caplog.records]
     assert "state Init -> Unlimited/autonomous [LPC-906]" in messages
     assert any(m.startswith("published Unlimited/autonomous: unlimited") for m in messages)
+
+
+async def test_external_sidecar_hang_then_resume_keeps_state(tmp_path: Path) -> None:
+    """manage = false: a hung sidecar is detected; on its return the bridge resumes on the
+    remembered LPC endpoint (SetConfig says it is configured), re-reads and writes back."""
+    async with (
+        trio_asyncio.open_loop(),
+        open_hems_simulator(
+            "controlbox",
+            connect_delay_s=0.1,
+            heartbeat_period_s=0.3,
+            actions=(ActionSpec(action="send_limit", at_s=0.3, value=2000.0, duration_s=0.0),),
+        ) as sim,
+    ):
+        config = make_config(
+            tmp_path,
+            grpc_port=sim.port,
+            eebus={"rpc_timeout_s": 0.3},
+            timing={"init_timeout_s": 30.0, "heartbeat_timeout_s": 5.0},
+        )
+        async with running_bridge(config) as (bridge, publications):
+            await publications.wait_state("Limited")
+            await bridge.connected.wait()
+            sim.freeze()
+            await wait_until(lambda: not bridge.connected.is_set(), limit_s=10)
+            sim.unfreeze()
+            with trio.fail_after(10):
+                await bridge.connected.wait()
+            assert bridge.connections == 2
+            second = [r for r in sim.records if r.method == "SetConfig"]
+            assert len(second) == 2
+            assert second[1].error is not None
+            assert "not in setup state" in second[1].error
+            # The limit was re-read on the resumed endpoint; no Init, no Failsafe (5 s timeout).
+            await trio.sleep(0.3)
+            assert publications.states == ["Init", "Limited"]
+
+
+async def test_bridge_restart_against_configured_external_sidecar_is_a_clear_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trio_asyncio.open_loop(), open_hems_simulator("controlbox", actions=()) as sim:
+        config = make_config(tmp_path, grpc_port=sim.port)
+        async with running_bridge(config) as (bridge, _publications):
+            await bridge.connected.wait()
+        # A new bridge process (a new Bridge: nothing remembered) meets the configured sidecar.
+        caplog.clear()
+        async with running_bridge(config) as (bridge, publications):
+            await wait_until(
+                lambda: any("already configured" in r.getMessage() for r in caplog.records)
+            )
+            assert bridge.connections == 0
+            assert publications.states == ["Init"]  # it keeps running, in Init, and retries
+    message = next(r.getMessage() for r in caplog.records if "already configured" in r.getMessage())
+    assert "restart eebus_grpc_api" in message
+    assert "manage = true" in message
