@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,9 @@ import trio
 from eebus_bridge.config import JsonlOutput
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.backoff import BackoffPolicy
-from eebus_bridge.sinks.jsonl import JsonlSink, format_utc_ms, jsonl_line
+from eebus_bridge.sinks.jsonl import JsonlSink, jsonl_line
 from tests._broker import LogWatcher
 from tests._publications import NOW_TEXT, limited, unlimited
-
-
-def test_time_is_rfc3339_utc_with_milliseconds_and_z() -> None:
-    assert format_utc_ms(datetime(2026, 5, 7, 10, 0, tzinfo=UTC)) == "2026-05-07T10:00:00.000Z"
-    cest = timezone(timedelta(hours=2))
-    moment = datetime(2026, 5, 7, 12, 0, 1, 999999, tzinfo=cest)
-    assert format_utc_ms(moment) == "2026-05-07T10:00:01.999Z"  # converted, truncated
 
 
 def test_line_format() -> None:

@@ -27,7 +27,7 @@ from eebus_bridge.sinks.external_limits import (
     external_limits_problems,
     external_limits_schema,
 )
-from eebus_bridge.sinks.jsonl import JsonlSink, format_utc_ms, jsonl_line
+from eebus_bridge.sinks.jsonl import JsonlSink, jsonl_line
 from eebus_bridge.sinks.rpcapi import RpcApiSink
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "encode_external_limits",
     "external_limits_problems",
     "external_limits_schema",
-    "format_utc_ms",
     "jsonl_line",
     "make_sink",
 ]

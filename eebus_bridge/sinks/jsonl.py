@@ -14,30 +14,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import trio
 
 from eebus_bridge.config import JsonlOutput
+from eebus_bridge.lpc import format_timestamp
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
 
 logger = logging.getLogger(__name__)
 
 
-def format_utc_ms(moment: datetime) -> str:
-    """RFC 3339 UTC with milliseconds and a literal Z (a naive datetime is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def jsonl_line(publication: Publication) -> str:
     """The line written for one publication, without the newline."""
     record: dict[str, Any] = {
-        "time": format_utc_ms(publication.time),
+        "time": format_timestamp(publication.time),
         "state": publication.state,
         "external_limits": publication.external_limits,
     }
