@@ -12,6 +12,10 @@ of freezing the bridge (stack-notes: grpclib never notices a stopped server by i
 
 from __future__ import annotations
 
+# trio_asyncio before grpclib: grpclib keeps a reference to asyncio.current_task at import, and
+# on Python >= 3.12 only trio_asyncio's replacement of it sees trio-asyncio's loop.
+import trio_asyncio  # isort: skip
+
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -21,7 +25,6 @@ import attrs
 import grpclib.client
 import grpclib.exceptions
 import trio
-import trio_asyncio
 from grpclib.const import Cardinality, Status
 
 from eebus_bridge.generated import common_types, cs_lpc

@@ -5,6 +5,12 @@ Command line: `tools/eebus_grpc_api_sim -port 50051 -certificate-path C -private
 (or `python -m tools.hems_simulator ...`). See README.md in this folder.
 """
 
+# trio_asyncio must be imported before grpclib (pulled in below via .sidecar/.servers):
+# grpclib.utils binds `asyncio.current_task` at import time, and trio_asyncio replaces that
+# function when imported. From Python 3.12 the original is C code that sees no running loop
+# under trio-asyncio, so with grpclib first every RPC fails ("no running event loop").
+import trio_asyncio  # noqa: F401  (import for its side effect; see above)
+
 from .control import ControlClient
 from .logs import SimLog, StdoutLog
 from .process import SimulatorProcess, free_tcp_port, open_simulator_process
