@@ -7,12 +7,15 @@ import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
+import trio_asyncio
 
 from eebus_bridge.config import Config, load_config
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
+from tools.hems_simulator import ActionSpec, HemsSimulator, open_hems_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR = ROOT / "tools" / "eebus_grpc_api_sim"
@@ -86,8 +89,8 @@ def write_config(
     return path
 
 
-def make_config(folder: Path, **kwargs: object) -> Config:
-    return load_config(write_config(folder, **kwargs)).config  # type: ignore[arg-type]
+def make_config(folder: Path, **kwargs: Any) -> Config:
+    return load_config(write_config(folder, **kwargs)).config
 
 
 class RecordingPublications(LatestValue[Publication]):
@@ -145,6 +148,35 @@ async def running_bridge(config: Config) -> AsyncIterator[tuple[Bridge, Recordin
             nursery.cancel_scope.cancel()
     for publication in publications.history:
         assert valid_limit(publication), publication
+
+
+def limit_write(at_s: float, value: float, duration_s: float = 0.0) -> ActionSpec:
+    """A scenario action: the EG writes an active limit at_s after it connected."""
+    return ActionSpec(action="send_limit", at_s=at_s, value=value, duration_s=duration_s)
+
+
+@asynccontextmanager
+async def simulated_bridge(
+    folder: Path,
+    *,
+    scenario: str = "controlbox",
+    config: dict[str, Any] | None = None,
+    **simulator: Any,
+) -> AsyncIterator[tuple[HemsSimulator, Bridge, RecordingPublications]]:
+    """The in-process simulator plus a Bridge connected to it (manage = false).
+
+    Simulator defaults for fast tests: the EG connects 0.1 s after StartService, heartbeats
+    every 0.3 s, and writes nothing unless `actions` says so. Config defaults: FAST_TIMING with
+    a 30 s Init timeout, so that only the tests about Init see it expire.
+    """
+    options: dict[str, Any] = {"connect_delay_s": 0.1, "heartbeat_period_s": 0.3, "actions": ()}
+    options.update(simulator)  # actions=None keeps the scenario's own actions
+    settings = dict(config or {})
+    settings["timing"] = {"init_timeout_s": 30.0, **settings.get("timing", {})}
+    async with trio_asyncio.open_loop(), open_hems_simulator(scenario, **options) as sim:
+        bridge_config = make_config(folder, grpc_port=sim.port, **settings)
+        async with running_bridge(bridge_config) as (bridge, publications):
+            yield sim, bridge, publications
 
 
 def dedent(text: str) -> str:
