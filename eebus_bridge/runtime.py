@@ -25,11 +25,12 @@ import trio
 import trio_asyncio
 
 from eebus_bridge.config import Config
-from eebus_bridge.eebus_link import EebusLink
+from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sidecar_process import SidecarProcess, sidecar_command
+from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
+from eebus_bridge.sidecar_process import SidecarExited, SidecarProcess, sidecar_command
 from eebus_bridge.sinks import Sink, make_sink
 
 log = logging.getLogger("eebus_bridge")
@@ -62,19 +63,21 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# Failures of the sidecar connection that are part of life (logged as one warning line);
+# anything else is a bug and is logged with its traceback.
 _EXPECTED_FAILURES = (
-    "SidecarExited",
-    "SidecarUnreachable",
-    "SidecarRpcError",
-    "HandshakeFailed",
-    "TooSlowError",
+    SidecarExited,
+    SidecarUnreachable,
+    SidecarRpcError,
+    HandshakeFailed,
+    trio.TooSlowError,
 )
 
 
 def _is_expected(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_expected(e) for e in exc.exceptions)
-    return type(exc).__name__ in _EXPECTED_FAILURES
+    return isinstance(exc, _EXPECTED_FAILURES)
 
 
 class Bridge:

@@ -1,0 +1,38 @@
+"""The supervisor's restart backoff and failure descriptions."""
+
+from __future__ import annotations
+
+import random
+
+from eebus_bridge.runtime import RestartBackoff, describe_failure
+from eebus_bridge.sidecar_client import SidecarUnreachable
+from eebus_bridge.sidecar_process import SidecarExited
+
+
+def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_running() -> None:
+    backoff = RestartBackoff(5.0, rng=random.Random(1))
+    delays = [backoff.delay(healthy_for=1.0) for _ in range(6)]
+    bases = [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    for delay, base in zip(delays, bases, strict=True):
+        assert 0.8 * base <= delay <= min(1.2 * base, 60.0)
+    assert len(set(delays)) == len(delays)  # jittered, not lock-step
+    # A group that ran for 60 s was healthy: the next restart starts small again.
+    assert 4.0 <= backoff.delay(healthy_for=60.0) <= 6.0
+    assert 8.0 <= backoff.delay(healthy_for=1.0) <= 12.0
+
+
+def test_failure_description_names_every_leaf() -> None:
+    group = ExceptionGroup(
+        "group",
+        [SidecarExited("sidecar exited with status -9"), SidecarUnreachable("stream broke")],
+    )
+    assert describe_failure(group) == (
+        "SidecarExited: sidecar exited with status -9; SidecarUnreachable: stream broke"
+    )
+
+
+def test_expected_failures_are_told_apart_from_bugs() -> None:
+    from eebus_bridge.runtime import _is_expected
+
+    assert _is_expected(ExceptionGroup("g", [SidecarExited("x"), SidecarUnreachable("y")]))
+    assert not _is_expected(ExceptionGroup("g", [SidecarExited("x"), KeyError("bug")]))
