@@ -105,9 +105,11 @@ class EebusLink:
                     # Step 8.
                     await self._start_service(client, fresh)
                     await client.start_heartbeat()
-                    # Events may have been lost while we were away: re-read what the EG may
-                    # have written (for a fresh sidecar this returns what step 6 wrote).
-                    await self._resync(client)
+                    if fresh:
+                        # Events may have been lost while we were away: re-read what the EG
+                        # may have written. (A resumed sidecar was re-read in _resume, before
+                        # the CS's view was written back.)
+                        await self._resync(client)
                     self._runner.attach_sidecar(actions_send)
                     log.info(
                         "connected to the sidecar at %s:%d",

@@ -81,14 +81,12 @@ class LpcRunner:
         self._to_persist: LatestValue[FailsafeValues] = LatestValue()
         self._inputs_send, self._inputs_receive = trio.open_memory_channel[Input](_INPUT_BUFFER)
         self._sidecar: trio.MemorySendChannel[SidecarAction] | None = None
-        self.started = False
 
     # -- called by the runtime and the eebus task --------------------------------------------
 
     def start(self, persisted: FailsafeValues | None) -> None:
         """Start the engine (Init, and its one publication) before any task runs."""
         self._apply(Start(persisted=persisted))
-        self.started = True
 
     async def send(self, event: Input) -> None:
         """Hand an input to the lpc task (waits only if 1000 inputs are already queued).
@@ -201,13 +199,10 @@ class LpcRunner:
             external_limits=to_external_limits(decision.limit_W, end_time, wall),
         )
         self.publications.set(publication)
-        limit = "unlimited" if decision.limit_W is None else f"{decision.limit_W:g} W"
-        until = "" if end_time is None else f" until {end_time.isoformat(timespec='seconds')}"
         log.info(
-            "published %s: %s%s",
+            "published %s: %s",
             decision.state.value,
-            limit,
-            until,
+            publication.summary(),
             extra={"fields": {"state": decision.state.value, "limit_W": decision.limit_W}},
         )
 

@@ -29,6 +29,15 @@ class Publication:
     end_time: datetime | None
     external_limits: dict[str, Any]
 
+    def summary(self) -> str:
+        """For log lines: '4200 W', '100 W until 2026-05-07T11:02:03+00:00' or 'unlimited'."""
+        if self.limit_W is None:
+            return "unlimited"
+        until = (
+            "" if self.end_time is None else f" until {self.end_time.isoformat(timespec='seconds')}"
+        )
+        return f"{self.limit_W:g} W{until}"
+
 
 class LatestValue(Generic[T]):
     """A cell holding the newest value plus a version counter; readers wait for a newer one.
@@ -56,7 +65,11 @@ class LatestValue(Generic[T]):
         self._changed = trio.Event()
 
     async def wait_newer(self, seen_version: int) -> tuple[int, T]:
-        """Return (version, value) of the first value newer than seen_version."""
+        """Return (version, value) of the first value newer than seen_version.
+
+        `wait_newer(0)` returns the current value at once if there is one: a reader that
+        starts (or reconnects) with 0 delivers the value in force first, then each newer one.
+        """
         while self._version <= seen_version or self._value is None:
             await self._changed.wait()
         return self._version, self._value

@@ -16,15 +16,16 @@ The lpc and output tasks are restarted on their own if they ever fail (that woul
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
-import random
 import signal
 from collections.abc import Awaitable, Callable
 
 import trio
 import trio_asyncio
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
@@ -41,20 +42,14 @@ HEALTHY_AFTER_S = 60.0  # a group that ran this long resets the backoff
 SIDECAR_GRACE_S = 1.0  # SIGTERM -> SIGKILL; keeps a clean shutdown within 2 s
 
 
-class RestartBackoff:
-    """Start at `initial`, double up to 60 s, +-20 % jitter; reset after 60 s of health."""
-
-    def __init__(self, initial: float, *, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self._next = initial
-        self._rng = rng or random.Random()
-
-    def delay(self, healthy_for: float) -> float:
-        if healthy_for >= HEALTHY_AFTER_S:
-            self._next = self.initial
-        base = self._next
-        self._next = min(self._next * 2, BACKOFF_CAP_S)
-        return min(base * self._rng.uniform(0.8, 1.2), BACKOFF_CAP_S)
+def restart_backoff(initial_s: float) -> Backoff:
+    """Start at `initial_s`, double up to 60 s, +-20 % jitter (never above 60 s: the caller
+    caps it); reset after 60 s of healthy running."""
+    return Backoff(
+        BackoffPolicy(
+            initial_s=initial_s, maximum_s=BACKOFF_CAP_S, healthy_s=HEALTHY_AFTER_S, jitter=0.2
+        )
+    )
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -92,7 +87,6 @@ class Bridge:
         self.runner = LpcRunner(config, self.publications)
         self.link = EebusLink(config, self.runner)
         self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
-        self.sidecar: SidecarProcess | None = None
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
 
@@ -101,15 +95,11 @@ class Bridge:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_running, "lpc", self.runner.run)
             for sink in self.sinks:
-                nursery.start_soon(self._keep_running, sink.name, self._sink_runner(sink))
+                nursery.start_soon(
+                    self._keep_running, sink.name, functools.partial(sink.run, self.publications)
+                )
             task_status.started()
             await self._supervise_connection()
-
-    def _sink_runner(self, sink: Sink) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            await sink.run(self.publications)
-
-        return run
 
     async def _keep_running(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -125,16 +115,16 @@ class Bridge:
         initial = (
             self.config.sidecar.restart_delay_s if managed else self.config.eebus.reconnect_delay_s
         )
-        backoff = RestartBackoff(initial)
+        backoff = restart_backoff(initial)
         while True:
-            began = trio.current_time()
+            backoff.connected()  # a group that runs for HEALTHY_AFTER_S resets the delay
             try:
                 async with trio.open_nursery() as group:
                     if managed:
-                        self.sidecar = SidecarProcess(
+                        sidecar = SidecarProcess(
                             sidecar_command(self.config), grace_s=SIDECAR_GRACE_S
                         )
-                        await group.start(self.sidecar.run)
+                        await group.start(sidecar.run)
                     await group.start(self.link.run)
                     self.connections += 1
                     self.connected.set()
@@ -146,7 +136,7 @@ class Bridge:
             else:  # pragma: no cover - the group's tasks only end by raising
                 log.error("sidecar connection ended without an error")
             self.connected = trio.Event()
-            delay = backoff.delay(trio.current_time() - began)
+            delay = min(backoff.next_delay(), BACKOFF_CAP_S)
             what = "restarting the sidecar" if managed else "reconnecting to the sidecar"
             log.warning("%s in %.1f s", what, delay)
             await trio.sleep(delay)

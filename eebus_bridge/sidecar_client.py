@@ -139,14 +139,11 @@ class SidecarClient:
     async def close(self) -> None:
         """Close both channels; safe to call from a cancelled scope."""
 
-        def _close_all() -> None:
+        # Channel.close() is synchronous but must run on the asyncio side.
+        async def _aio_close() -> None:
             for channel in (self._lpc_channel, self._control_channel):
                 if channel is not None:
                     channel.close()
-
-        # Channel.close() is synchronous but must run on the asyncio side.
-        async def _aio_close() -> None:
-            _close_all()
 
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await trio_asyncio.aio_as_trio(_aio_close)()

@@ -71,7 +71,6 @@ class SidecarProcess:
     def __init__(self, command: Sequence[str], *, grace_s: float = 1.0) -> None:
         self.command = list(command)
         self.grace_s = grace_s
-        self.pid: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Folders for the certificate/key must exist (the sidecar creates the files).
@@ -87,7 +86,6 @@ class SidecarProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.pid = process.pid
         log.info("sidecar started (pid %d): %s", process.pid, " ".join(self.command))
         task_status.started(process.pid)
         try:
@@ -104,7 +102,6 @@ class SidecarProcess:
         finally:
             with trio.CancelScope(shield=True):
                 await _stop_group(process, self.grace_s)
-            self.pid = None
 
 
 async def _forward_lines(stream: trio.abc.ReceiveStream, done: trio.Event) -> None:

@@ -14,9 +14,9 @@ import attrs
 import pytest
 import trio
 
+from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.config import EverestApiOutput
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import BackoffPolicy
 from eebus_bridge.sinks.everest_api import EverestApiSink
 from eebus_bridge.sinks.mqtt import MqttConnection, open_mqtt_connection
 from tests._broker import (

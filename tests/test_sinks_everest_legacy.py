@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.config import EverestLegacyApiOutput, LpcConfig
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import BackoffPolicy
 from eebus_bridge.sinks.everest_legacy import EverestLegacyApiSink, format_watts
 from tests._broker import LogWatcher, Recorder, requires_mosquitto, running_mosquitto
 from tests._publications import failsafe, limited, limited_for, unlimited

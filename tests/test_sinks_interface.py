@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import (
     EverestApiOutput,
     EverestLegacyApiOutput,
@@ -23,7 +24,6 @@ from eebus_bridge.sinks import (
     Sink,
     make_sink,
 )
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
 
 
 def test_make_sink_builds_the_sink_of_each_output_type(tmp_path: Path) -> None:

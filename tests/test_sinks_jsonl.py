@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.config import JsonlOutput
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import BackoffPolicy
 from eebus_bridge.sinks.jsonl import JsonlSink, jsonl_line
 from tests._broker import LogWatcher
 from tests._publications import NOW_TEXT, limited, unlimited

@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio_websocket
 
+from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.config import LpcConfig, RpcApiOutput
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import BackoffPolicy
 from eebus_bridge.sinks.rpcapi import RpcApiSink, evse_powers
 from tests._broker import LogWatcher, free_port
 from tests._fake_rpcapi import FakeRpcApi, running_fake_rpcapi

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import random
+import trio
+import trio.testing
 
-from eebus_bridge.runtime import RestartBackoff, describe_failure
+from eebus_bridge.runtime import BACKOFF_CAP_S, describe_failure, restart_backoff
 from eebus_bridge.sidecar_client import SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited
 
 
-def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_running() -> None:
-    backoff = RestartBackoff(5.0, rng=random.Random(1))
-    delays = [backoff.delay(healthy_for=1.0) for _ in range(6)]
+async def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_running(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backoff = restart_backoff(5.0)
+
+    async def delay(healthy_for: float) -> float:
+        # As the supervisor does: the group starts, runs for a while, fails.
+        backoff.connected()
+        await trio.sleep(healthy_for)
+        return min(backoff.next_delay(), BACKOFF_CAP_S)
+
+    delays = [await delay(healthy_for=1.0) for _ in range(6)]
     bases = [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
-    for delay, base in zip(delays, bases, strict=True):
-        assert 0.8 * base <= delay <= min(1.2 * base, 60.0)
+    for value, base in zip(delays, bases, strict=True):
+        assert 0.8 * base <= value <= min(1.2 * base, 60.0)
     assert len(set(delays)) == len(delays)  # jittered, not lock-step
     # A group that ran for 60 s was healthy: the next restart starts small again.
-    assert 4.0 <= backoff.delay(healthy_for=60.0) <= 6.0
-    assert 8.0 <= backoff.delay(healthy_for=1.0) <= 12.0
+    assert 4.0 <= await delay(healthy_for=60.0) <= 6.0
+    assert 8.0 <= await delay(healthy_for=1.0) <= 12.0
 
 
 def test_failure_description_names_every_leaf() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import (
     EverestApiOutput,
     EverestLegacyApiOutput,
@@ -19,7 +20,6 @@ from eebus_bridge.config import (
     RpcApiOutput,
 )
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
 from eebus_bridge.sinks.everest_api import EverestApiSink
 from eebus_bridge.sinks.everest_legacy import EverestLegacyApiSink
 from eebus_bridge.sinks.external_limits import (

@@ -32,9 +32,9 @@ import math
 
 import trio
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import EverestApiOutput
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
 from eebus_bridge.sinks.external_limits import encode_external_limits
 from eebus_bridge.sinks.mqtt import (
     MqttConnection,
@@ -54,16 +54,6 @@ _MAX_HEARTBEAT_INTERVAL_S = 60.0
 
 def everest_api_topic_base(output: EverestApiOutput) -> str:
     return f"{output.topic_prefix}everest_api/1/external_energy_limits_consumer/{output.module_id}"
-
-
-def describe_publication(publication: Publication) -> str:
-    """A short human summary for log lines: '4200 W', '4200 W until ...', 'unlimited'."""
-    if publication.limit_W is None:
-        return "unlimited"
-    text = f"{publication.limit_W:g} W"
-    if publication.end_time is not None:
-        text += f" until {publication.end_time.isoformat()}"
-    return text
 
 
 class _HeartbeatWatch:
@@ -143,9 +133,7 @@ class EverestApiSink:
             await self._deliver_limits(conn, latest)
 
     async def _deliver_limits(self, conn: MqttConnection, latest: LatestValue[Publication]) -> None:
-        version, current = latest.get()
-        if current is not None:
-            await self._publish_limits(conn, version, current)
+        version = 0  # the limits in force first: a (re)connect re-publishes them
         while True:
             version, publication = await latest.wait_newer(version)
             await self._publish_limits(conn, version, publication)
@@ -172,7 +160,7 @@ class EverestApiSink:
             self.name,
             "re-published" if again else "published",
             publication.state,
-            describe_publication(publication),
+            publication.summary(),
             self.limits_topic,
         )
 

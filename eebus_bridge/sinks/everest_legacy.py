@@ -14,10 +14,9 @@ import functools
 import logging
 import math
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import EverestLegacyApiOutput, LpcConfig
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
-from eebus_bridge.sinks.everest_api import describe_publication
 from eebus_bridge.sinks.mqtt import (
     MqttConnection,
     check_topic_name,
@@ -65,9 +64,7 @@ class EverestLegacyApiSink:
         )
 
     async def _serve(self, conn: MqttConnection, *, latest: LatestValue[Publication]) -> None:
-        version, current = latest.get()
-        if current is not None:
-            await self._send(conn, version, current)
+        version = 0  # the value in force first: a (re)connect re-sends it
         while True:
             version, publication = await latest.wait_newer(version)
             await self._send(conn, version, publication)
@@ -91,6 +88,6 @@ class EverestLegacyApiSink:
             "re-sent" if again else "sent",
             format_watts(watts),
             publication.state,
-            describe_publication(publication),
+            publication.summary(),
             self.topic,
         )

@@ -18,10 +18,10 @@ from typing import Any, TextIO
 
 import trio
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import JsonlOutput
 from eebus_bridge.lpc import format_timestamp
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
 
 logger = logging.getLogger(__name__)
 

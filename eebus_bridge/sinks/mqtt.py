@@ -40,8 +40,8 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from eebus_bridge.backoff import Backoff
 from eebus_bridge.config import EverestApiOutput, EverestLegacyApiOutput, MqttTls
-from eebus_bridge.sinks.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -41,10 +41,9 @@ import attrs
 import trio
 import trio_websocket
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import LpcConfig, RpcApiOutput
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.sinks.backoff import Backoff, BackoffPolicy
-from eebus_bridge.sinks.everest_api import describe_publication
 
 logger = logging.getLogger(__name__)
 
@@ -325,8 +324,8 @@ class RpcApiSink:
         evse_indices: tuple[int, ...],
     ) -> None:
         retry = Backoff(self._backoff_policy)
-        seen_version, current = latest.get()
-        pending = (seen_version, current) if current is not None else None
+        seen_version = 0  # the limit in force first: a (re)connect re-sends it
+        pending: tuple[int, Publication] | None = None
         while True:
             if pending is None:
                 pending = await latest.wait_newer(seen_version)
@@ -344,7 +343,7 @@ class RpcApiSink:
                 "%s: limit for state %s (%s) not applied: %s; sending again in %.1f s",
                 self.name,
                 publication.state,
-                describe_publication(publication),
+                publication.summary(),
                 "; ".join(problems),
                 delay,
             )
@@ -392,7 +391,7 @@ class RpcApiSink:
                 self.name,
                 "re-sent" if again else "sent",
                 publication.state,
-                describe_publication(publication),
+                publication.summary(),
                 ", ".join(f"EVSE {index} max_power {power:g} W" for index, power in powers),
             )
         return problems

@@ -1,6 +1,7 @@
-"""Reconnect delays shared by every sink: exponential, capped, jittered, reset once healthy.
+"""Retry delays: exponential, capped, jittered, reset once healthy.
 
-A bridge runs unattended for years next to a broker or RpcApi server that restarts now and then.
+Used by every sink and by the supervisor's restarts of the sidecar connection. A bridge runs
+unattended for years next to a broker, RpcApi server or sidecar that restarts now and then.
 Retrying at once would hammer a peer that is still coming up; retrying on a fixed slow tick
 would leave EVerest without limits for longer than needed. So the first retry comes quickly,
 later ones back off to a cap, and a connection that stayed up for a while counts as a fresh
