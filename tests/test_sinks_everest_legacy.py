@@ -92,6 +92,10 @@ async def test_the_current_value_is_sent_again_after_a_broker_restart(
             await recorder.wait_for_count(sink.topic, 1)
             await broker.restart()
             await recorder.wait_for_count(sink.topic, 2)
+            # Logged once the broker's PUBACK is in, which may come after the recorder's copy.
+            await logs.wait_for(logging.INFO, "re-sent 6000 W for state Limited")
             nursery.cancel_scope.cancel()
-    assert recorder.payloads(sink.topic) == [b"6000", b"6000"]
+    # (A third 6000 may follow: the restarted broker re-delivering a QoS 1 message whose
+    # PUBACK from the recorder it had not stored yet.)
+    assert recorder.payloads(sink.topic)[:2] == [b"6000", b"6000"]
     assert logs.matching(logging.INFO, "re-sent 6000 W for state Limited")
