@@ -29,8 +29,11 @@ class BackoffPolicy:
 class Backoff:
     """The delay state of one reconnecting loop (uses Trio's clock, so MockClock works)."""
 
-    def __init__(self, policy: BackoffPolicy | None = None) -> None:
+    def __init__(
+        self, policy: BackoffPolicy | None = None, *, rng: random.Random | None = None
+    ) -> None:
         self.policy = policy if policy is not None else BackoffPolicy()
+        self._random = rng if rng is not None else random.Random()
         self._delay_s: float | None = None
         self._up_since: float | None = None
 
@@ -55,4 +58,4 @@ class Backoff:
         else:
             self._delay_s = min(self._delay_s * 2.0, policy.maximum_s)
         spread = self._delay_s * policy.jitter
-        return max(0.0, self._delay_s + random.uniform(-spread, spread))
+        return max(0.0, self._delay_s + self._random.uniform(-spread, spread))

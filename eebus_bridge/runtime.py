@@ -19,12 +19,14 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import random
 import signal
 from collections.abc import Awaitable, Callable
 
 import trio
 import trio_asyncio
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
@@ -42,13 +44,14 @@ HEALTHY_AFTER_S = 60.0  # a group that ran this long resets the backoff
 SIDECAR_GRACE_S = 1.0  # SIGTERM -> SIGKILL; keeps a clean shutdown within 2 s
 
 
-def restart_backoff(initial_s: float) -> Backoff:
+def restart_backoff(initial_s: float, *, rng: random.Random | None = None) -> Backoff:
     """Start at `initial_s`, double up to 60 s, +-20 % jitter (never above 60 s: the caller
     caps it); reset after 60 s of healthy running."""
     return Backoff(
         BackoffPolicy(
             initial_s=initial_s, maximum_s=BACKOFF_CAP_S, healthy_s=HEALTHY_AFTER_S, jitter=0.2
-        )
+        ),
+        rng=rng,
     )
 
 
@@ -80,9 +83,14 @@ class Bridge:
     """The whole bridge for one config. `run()` needs an open trio-asyncio loop."""
 
     def __init__(
-        self, config: Config, *, publications: LatestValue[Publication] | None = None
+        self,
+        config: Config,
+        *,
+        publications: LatestValue[Publication] | None = None,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.config = config
+        self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
         self.runner = LpcRunner(config, self.publications)
         self.link = EebusLink(config, self.runner)

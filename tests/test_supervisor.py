@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import trio
 import trio.testing
 
@@ -10,10 +13,12 @@ from eebus_bridge.sidecar_client import SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited
 
 
+@pytest.mark.parametrize("seed", range(20))
 async def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_running(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, seed: int
 ) -> None:
-    backoff = restart_backoff(5.0)
+    # Seeded: every draw of the jitter is checked, and a failure names the seed that caused it.
+    backoff = restart_backoff(5.0, rng=random.Random(seed))
 
     async def delay(healthy_for: float) -> float:
         # As the supervisor does: the group starts, runs for a while, fails.
@@ -25,10 +30,17 @@ async def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_run
     bases = [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
     for value, base in zip(delays, bases, strict=True):
         assert 0.8 * base <= value <= min(1.2 * base, 60.0)
-    assert len(set(delays)) == len(delays)  # jittered, not lock-step
+    # Jittered, not lock-step: below the cap no delay is its exact base. (At the cap two draws
+    # may both be clamped to 60.0, so they are not compared with each other.)
+    assert all(value != base for value, base in zip(delays[:4], bases[:4], strict=True))
     # A group that ran for 60 s was healthy: the next restart starts small again.
     assert 4.0 <= await delay(healthy_for=60.0) <= 6.0
     assert 8.0 <= await delay(healthy_for=1.0) <= 12.0
+
+
+def test_two_backoffs_do_not_reconnect_in_lockstep() -> None:
+    first, second = restart_backoff(5.0), restart_backoff(5.0)
+    assert [first.next_delay() for _ in range(3)] != [second.next_delay() for _ in range(3)]
 
 
 def test_failure_description_names_every_leaf() -> None:
