@@ -70,6 +70,19 @@ def _text_value(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
+def emergency_line(logger_name: str, level: int, message: str) -> bytes:
+    """One log line formatted like the installed stderr handler's (text when none), as bytes.
+
+    For the last words of a process whose logging may be stuck: takes no logging lock.
+    """
+    record = logging.LogRecord(logger_name, level, __file__, 0, message, None, None)
+    formatter: logging.Formatter = _TextFormatter()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _StderrHandler) and handler.formatter is not None:
+            formatter = handler.formatter
+    return (formatter.format(record) + "\n").encode("utf-8", "replace")
+
+
 def setup_logging(level: str, fmt: Literal["text", "json"]) -> None:
     """Send the root logger to stderr at `level`. Calling it again replaces, never adds."""
     root = logging.getLogger()

@@ -212,7 +212,9 @@ class LpcRunner:
         while True:
             seen, values = await self._to_persist.wait_newer(seen)
             try:
-                await trio.to_thread.run_sync(save_failsafe_values, self._state_file, values)
+                await trio.to_thread.run_sync(
+                    save_failsafe_values, self._state_file, values, abandon_on_cancel=True
+                )
             except OSError as exc:
                 log.error("cannot store failsafe values in %s: %s", self._state_file, exc)
             else:

@@ -12,16 +12,45 @@ handled by the heartbeat rule, and the failsafe must still be published on time 
 waits out its backoff (up to a minute). Only the tasks that talk to the sidecar restart; they
 are cancelled and restarted together, so a restarted eebus task always meets a fresh sidecar.
 The lpc and output tasks are restarted on their own if they ever fail (that would be a bug).
+
+Exit means exit: SIGTERM or SIGINT ends the process within SHUTDOWN_BUDGET_S (2 s), whatever a
+thread is doing. Three parts make that hold:
+
+- The signal handler is a plain Python handler (not a Trio signal receiver), so it runs even
+  while the main thread is stuck in a blocking call such as a write to a full stderr pipe: the
+  kernel interrupts the call, Python runs the handler, then retries the call. The handler only
+  arms the exit deadline and asks Trio (`run_sync_soon`, safe from signal handlers) to cancel
+  the bridge; it never logs, because the logging lock may be held by the interrupted code.
+- The exit deadline is a daemon thread that sleeps until the budget is almost spent, then
+  SIGKILLs any sidecar process group still alive, writes one line to stderr if the pipe takes
+  it without blocking, and calls `os._exit`. It is the bound for everything that can hang:
+  Trio tasks that cannot be cancelled (a worker thread in fsync), a blocked log write, the
+  interpreter's exit (joins of non-daemon threads and of executor threads such as asyncio's
+  default executor used for name resolution, atexit handlers, flushing stdio).
+- After a clean `trio.run`, `run_bridge` does not go through the interpreter's exit at all: the
+  sidecar group is gone, the state file is synced and every log line written (stderr is line
+  buffered), so it flushes stdio and ends with `os._exit`. Nothing that some library left
+  running can hold the process; the deadline still covers a flush that blocks.
+
+The exit status after a signal is 0 (a requested stop), also when the deadline had to end it;
+the deadline's line on stderr then says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
+import os
 import random
 import signal
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import NoReturn
 
 import trio
 import trio_asyncio
@@ -31,10 +60,16 @@ from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
+from eebus_bridge.logs import emergency_line
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
-from eebus_bridge.sidecar_process import SidecarExited, SidecarProcess, sidecar_command
+from eebus_bridge.sidecar_process import (
+    SidecarExited,
+    SidecarProcess,
+    kill_running_sidecars,
+    sidecar_command,
+)
 from eebus_bridge.sinks import Sink, make_sink
 
 log = logging.getLogger("eebus_bridge")
@@ -42,6 +77,11 @@ log = logging.getLogger("eebus_bridge")
 BACKOFF_CAP_S = 60.0
 HEALTHY_AFTER_S = 60.0  # a group that ran this long resets the backoff
 SIDECAR_GRACE_S = 1.0  # SIGTERM -> SIGKILL; keeps a clean shutdown within 2 s
+SHUTDOWN_BUDGET_S = 2.0  # from SIGTERM/SIGINT to the process being gone
+_EXIT_MARGIN_S = 0.15  # os._exit this long before the budget ends (process teardown)
+_EXIT_AFTER_RUN_S = 1.0  # bound for flushing stdio when no signal armed the deadline
+EXIT_OK = 0
+EXIT_FAILURE = 1
 
 
 def restart_backoff(initial_s: float, *, rng: random.Random | None = None) -> Backoff:
@@ -150,32 +190,120 @@ class Bridge:
             await trio.sleep(delay)
 
 
-async def _exit_on_signal(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("%s received: shutting down", signal.Signals(signum).name)
-            cancel_scope.cancel()
+class ExitDeadline:
+    """Ends the process with `os._exit(code)` a set time after `arm()`, from a daemon thread.
+
+    The thread is started up front and waits on a pipe, so that arming is one flag and one
+    `os.write`: safe inside a signal handler that may have interrupted code holding a lock
+    (starting a thread there could deadlock on threading's own lock). Armed once; later calls
+    are ignored.
+    """
+
+    def __init__(self) -> None:
+        self.armed_at: float | None = None  # time.monotonic() when armed
+        self._within_s = 0.0
+        self._code = EXIT_OK
+        self._wake_read, self._wake_write = os.pipe()
+        threading.Thread(target=self._watch, name="eebus-bridge exit deadline", daemon=True).start()
+
+    def arm(self, within_s: float, code: int) -> None:
+        if self.armed_at is not None:
             return
+        self._within_s, self._code = within_s, code
+        self.armed_at = time.monotonic()
+        os.write(self._wake_write, b"!")
+
+    def _watch(self) -> None:
+        os.read(self._wake_read, 1)
+        assert self.armed_at is not None
+        time.sleep(max(0.0, self.armed_at + self._within_s - time.monotonic()))
+        kill_running_sidecars()
+        line = emergency_line(
+            "eebus_bridge",
+            logging.WARNING,
+            "shutdown still busy at its time limit (a blocked thread, pipe or exit handler): "
+            "ending the process now",
+        )
+        try:  # only if stderr takes it at once: it may be the very pipe that is blocked
+            os.set_blocking(2, False)
+            os.write(2, line)
+        except OSError:
+            pass
+        os._exit(self._code)
 
 
-async def _main(config: Config) -> None:
+class _SignalShutdown:
+    """SIGINT/SIGTERM: arm the exit deadline, then cancel the bridge inside Trio."""
+
+    def __init__(self, deadline: ExitDeadline) -> None:
+        self._deadline = deadline
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._received: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def attach(self, scope: trio.CancelScope) -> None:
+        """Cancel `scope` on a signal (at once if one came before Trio was running)."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._scope = scope
+        if self._received is not None:
+            self._cancel(self._received)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._deadline.arm(SHUTDOWN_BUDGET_S - _EXIT_MARGIN_S, EXIT_OK)
+        if self._received is not None:
+            return
+        self._received = signum
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._cancel, signum, idempotent=True)
+
+    def _cancel(self, signum: int) -> None:
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+async def _main(config: Config, shutdown: _SignalShutdown) -> None:
     # Everything imported and built so far lives as long as the process: keep it out of the
     # garbage collector's full passes (a 20 ms pause each) that would otherwise delay answers.
     gc.collect()
     gc.freeze()
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        nursery.start_soon(_exit_on_signal, nursery.cancel_scope)
-        await Bridge(config).run()
+    with trio.CancelScope() as scope:
+        shutdown.attach(scope)
+        async with trio_asyncio.open_loop():
+            await Bridge(config).run()
 
 
-def run_bridge(config: Config) -> int:
-    """Run until SIGINT/SIGTERM; 0 after a clean shutdown."""
+def run_bridge(config: Config) -> NoReturn:
+    """Run until SIGINT/SIGTERM, then end the process (0 after a requested stop, 1 after an
+    unexpected failure) within SHUTDOWN_BUDGET_S of the signal. Never returns."""
+    deadline = ExitDeadline()
+    shutdown = _SignalShutdown(deadline)
+    shutdown.install()
     log.info(
         "eebus-bridge starting: sidecar %s on port %d, %d output(s)",
         "managed" if config.sidecar.manage else "external",
         config.eebus.grpc_port,
         len(config.outputs),
     )
-    trio.run(_main, config)
+    code = EXIT_OK
+    try:
+        trio.run(_main, config, shutdown)
+    except Exception:
+        log.exception("unexpected error; exiting")
+        code = EXIT_FAILURE
+    deadline.arm(_EXIT_AFTER_RUN_S, code)
     log.info("eebus-bridge stopped")
-    return 0
+    _end_process(code)
+
+
+def _end_process(code: int) -> NoReturn:
+    """Flush stdio and leave without the interpreter's exit (thread joins, atexit handlers)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

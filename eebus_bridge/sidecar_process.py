@@ -40,6 +40,17 @@ _LEVELS = {
 }
 
 
+# Process groups of sidecars started and not yet stopped: the runtime's exit deadline SIGKILLs
+# them if a shutdown overruns (it runs on another thread, so it only ever reads a copy).
+_running_groups: set[int] = set()
+
+
+def kill_running_sidecars() -> None:
+    """SIGKILL every sidecar process group still running (the last resort of a shutdown)."""
+    for pgid in tuple(_running_groups):
+        _signal_group(pgid, signal.SIGKILL)
+
+
 class SidecarExited(Exception):
     """The sidecar process ended: a failure of the supervised group."""
 
@@ -86,6 +97,7 @@ class SidecarProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _running_groups.add(process.pid)
         log.info("sidecar started (pid %d): %s", process.pid, " ".join(self.command))
         task_status.started(process.pid)
         try:
@@ -134,6 +146,7 @@ async def _stop_group(process: trio.Process, grace_s: float) -> None:
     _signal_group(pgid, signal.SIGKILL)
     if process.returncode is None:
         await process.wait()
+    _running_groups.discard(pgid)
     log.info("sidecar stopped (pid %d, status %s)", process.pid, process.returncode)
 
 

@@ -80,12 +80,19 @@ def _alive(pid: int) -> bool:
 
 @asynccontextmanager
 async def bridge_process(
-    folder: Path, *, ignore_sigterm: bool = True
+    folder: Path,
+    *,
+    ignore_sigterm: bool = True,
+    prelude: str = "",
+    output: int | None = None,
+    log_level: str = "debug",
 ) -> AsyncIterator[BridgeProcess]:
     """Start the bridge with a wrapper around the simulator as its managed sidecar.
 
     The wrapper records each sidecar PID and adds the simulator's own flags after the real ones
-    the bridge passes (exactly -port, -certificate-path, -private-key-path).
+    the bridge passes (exactly -port, -certificate-path, -private-key-path). `prelude` is Python
+    run in the bridge process before the CLI (to leave threads or exit handlers behind);
+    `output` is a file descriptor for the bridge's stdout/stderr instead of bridge.log.
     """
     (folder / "scenario.toml").write_text(SCENARIO)
     wrapper = folder / "sidecar.sh"
@@ -107,19 +114,16 @@ async def bridge_process(
         timing={"init_timeout_s": 30.0},
     )
     env = {**os.environ, "EEBUS_SIM_PYTHON": sys.executable}
+    launcher = ["-m", "eebus_bridge"]
+    if prelude:
+        launcher = [
+            "-c",
+            f"{prelude}\nimport sys\nfrom eebus_bridge.cli import main\nsys.exit(main())",
+        ]
     with open(folder / "bridge.log", "wb") as log:  # noqa: ASYNC230 - test setup, tiny file
         process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "eebus_bridge",
-                "--log-level",
-                "debug",
-                "run",
-                "-c",
-                str(config),
-            ],
-            stdout=log,
+            [sys.executable, *launcher, "--log-level", log_level, "run", "-c", str(config)],
+            stdout=log if output is None else output,
             stderr=subprocess.STDOUT,
             env=env,
         )
