@@ -2,7 +2,8 @@
 
 Text lines are for people reading a terminal or journald; JSON lines are for log collectors.
 Structured details travel as `logger.info("...", extra={"fields": {...}})`: JSON output merges
-them into the object, text output appends them as `key=value`.
+them into the object. Text output shows only the message, which must therefore say everything
+as a plain sentence (wording.py); a `key=value` tail would repeat it (issue 13.5).
 """
 
 from __future__ import annotations
@@ -33,14 +34,6 @@ class _TextFormatter(logging.Formatter):
             datefmt="%Y-%m-%d %H:%M:%S",
         )
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = _fields(record)
-        if not fields:
-            return line
-        first, newline, rest = line.partition("\n")  # keep fields on the message's line
-        pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
-        return f"{first} {pairs}{newline}{rest}"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -62,12 +55,6 @@ class _JsonFormatter(logging.Formatter):
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
     return fields if isinstance(fields, dict) else {}
-
-
-def _text_value(value: Any) -> str:
-    if isinstance(value, str) and value and not any(char.isspace() for char in value):
-        return value
-    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def emergency_line(logger_name: str, level: int, message: str) -> bytes:

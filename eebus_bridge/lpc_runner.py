@@ -33,11 +33,13 @@ from eebus_bridge.lpc import (
     Start,
     StateChanged,
     Tick,
+    WriteApprovalRequired,
     WriteBackFailsafeDuration,
     WriteBackFailsafeLimit,
     to_external_limits,
 )
 from eebus_bridge.publication import LatestValue, Publication
+from eebus_bridge.wording import describe_answer, describe_state_change
 
 log = logging.getLogger("eebus_bridge.lpc")
 
@@ -58,6 +60,28 @@ _BATCH = 64  # inputs applied between two checkpoints of the lpc task
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _log_answer(answer: Answer, event: Input) -> None:
+    ski, limit = "", None
+    if isinstance(event, WriteApprovalRequired):
+        ski = event.ski
+        limit = next((lim for counter, lim in event.pending if counter == answer.msg_counter), None)
+    log.info(
+        "%s",
+        describe_answer(answer, ski, limit),
+        extra={
+            "fields": {
+                "msg_counter": answer.msg_counter,
+                "ski": ski,
+                "approved": answer.approve,
+                "reason": answer.reason,
+                "value_W": None if limit is None else limit.value,
+                "active": None if limit is None else limit.is_active,
+                "duration_s": None if limit is None else limit.duration_s,
+            }
+        },
+    )
 
 
 class LpcRunner:
@@ -140,17 +164,15 @@ class LpcRunner:
     def _apply(self, event: Input) -> None:
         now = trio.current_time()
         for decision in self.engine.handle(event, now):
-            self._carry_out(decision, now)
+            self._carry_out(decision, now, event)
 
-    def _carry_out(self, decision: Decision, now: float) -> None:
+    def _carry_out(self, decision: Decision, now: float, event: Input) -> None:
         if isinstance(decision, Publish):
             self._publish(decision, now)
         elif isinstance(decision, StateChanged):
             log.info(
-                "state %s -> %s [%s]",
-                decision.old.value,
-                decision.new.value,
-                decision.rule,
+                "%s",
+                describe_state_change(decision),
                 extra={
                     "fields": {
                         "old": decision.old.value,
@@ -169,12 +191,7 @@ class LpcRunner:
             self._to_persist.set(decision.values)
         elif isinstance(decision, _SIDECAR_ACTIONS):
             if isinstance(decision, Answer):
-                log.info(
-                    "write %d %s: %s",
-                    decision.msg_counter,
-                    "approved" if decision.approve else "denied",
-                    decision.reason or "-",
-                )
+                _log_answer(decision, event)
             self._to_sidecar(decision)
         else:  # pragma: no cover - a new decision type the runner does not know yet
             log.error("unhandled LPC decision %r", decision)
@@ -203,7 +220,13 @@ class LpcRunner:
             "published %s: %s",
             decision.state.value,
             publication.summary(),
-            extra={"fields": {"state": decision.state.value, "limit_W": decision.limit_W}},
+            extra={
+                "fields": {
+                    "state": decision.state.value,
+                    "limit_W": decision.limit_W,
+                    "end_time": None if end_time is None else end_time.isoformat(),
+                }
+            },
         )
 
     async def _persist_task(self) -> None:

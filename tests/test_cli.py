@@ -229,7 +229,7 @@ def test_text_log_line(capsys: pytest.CaptureFixture[str], root_logger: logging.
 
     line = capsys.readouterr().err
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO eebus_bridge\.lpc: limit 4200 W ski=ab\n", line
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO eebus_bridge\.lpc: limit 4200 W\n", line
     ), line
 
 
