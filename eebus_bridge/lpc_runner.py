@@ -5,6 +5,12 @@ communication loss, not a reboot), feeds it the inputs the eebus task sends, sle
 engine's next deadline with a cancel scope (never a polling tick), and carries out the decisions:
 publications go to the outputs' latest-value cell, failsafe values to the store, and the RPCs
 (answers, write-backs, SKI registrations, local data) to whichever sidecar connection is attached.
+
+Publications turn the engine's monotonic times into wall-clock timestamps. When the wall clock
+is stepped (clock_steps.py says how that is noticed without polling), the last publication is
+made again from the same Publish decision: same state, limit and monotonic end, timestamps from
+the corrected clock. That is the only publication not caused by an engine decision; it happens
+once per step of more than 2 s and never otherwise (spec/lpc.md's publication rules hold).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from eebus_bridge.clock_steps import STEP_THRESHOLD_S, ClockChanges, open_clock_changes
 from eebus_bridge.config import Config
 from eebus_bridge.failsafe_store import save_failsafe_values
 from eebus_bridge.lpc import (
@@ -39,7 +46,7 @@ from eebus_bridge.lpc import (
     to_external_limits,
 )
 from eebus_bridge.publication import LatestValue, Publication
-from eebus_bridge.wording import describe_answer, describe_state_change
+from eebus_bridge.wording import describe_answer, describe_state_change, format_duration
 
 log = logging.getLogger("eebus_bridge.lpc")
 
@@ -93,6 +100,7 @@ class LpcRunner:
         publications: LatestValue[Publication],
         *,
         wall_clock: Callable[[], datetime] = utc_now,
+        clock_changes: Callable[[], ClockChanges] = open_clock_changes,
     ) -> None:
         self.engine = LpcEngine(
             config.lpc,
@@ -101,6 +109,9 @@ class LpcRunner:
         )
         self.publications = publications
         self._wall_clock = wall_clock
+        self._open_clock_changes = clock_changes
+        self._last_publish: Publish | None = None
+        self._published_offset = 0.0  # wall - monotonic seconds used by the last publication
         self._state_file: Path = config.lpc.state_file
         self._to_persist: LatestValue[FailsafeValues] = LatestValue()
         self._inputs_send, self._inputs_receive = trio.open_memory_channel[Input](_INPUT_BUFFER)
@@ -137,6 +148,7 @@ class LpcRunner:
         """The lpc task: inputs in, Tick at each deadline, decisions out. Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._persist_task)
+            nursery.start_soon(self._clock_step_task)
             while True:
                 # Drain what is queued in batches, with no cancel scope or scheduling pass per
                 # input (a heartbeat flood then costs little); then sleep until an input
@@ -205,8 +217,38 @@ class LpcRunner:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("sidecar connection not accepting actions: dropped %r", action)
 
-    def _publish(self, decision: Publish, now: float) -> None:
+    async def _clock_step_task(self) -> None:
+        """Re-publish after a wall-clock step (see the module docstring)."""
+        changes = self._open_clock_changes()
+        try:
+            while True:
+                self._check_clock_step()
+                await changes.wait()
+        finally:
+            changes.close()
+
+    def _check_clock_step(self) -> None:
+        now = trio.current_time()
+        step = self._wall_clock().timestamp() - now - self._published_offset
+        last = self._last_publish
+        if abs(step) <= STEP_THRESHOLD_S or last is None:
+            return
+        log.warning(
+            "wall clock stepped %s by %s: re-publishing the current limits with corrected times",
+            "forward" if step > 0 else "back",
+            format_duration(abs(step)),
+            extra={"fields": {"clock_step_s": step}},
+        )
+        if last.end is not None and last.end <= now:
+            # The limit's end is due: the engine's Tick publishes what follows, on the new clock.
+            self._published_offset += step
+            return
+        self._publish(last, now, again=True)
+
+    def _publish(self, decision: Publish, now: float, *, again: bool = False) -> None:
         wall = self._wall_clock()
+        self._last_publish = decision
+        self._published_offset = wall.timestamp() - now
         end_time = None if decision.end is None else wall + timedelta(seconds=decision.end - now)
         publication = Publication(
             time=wall,
@@ -217,7 +259,8 @@ class LpcRunner:
         )
         self.publications.set(publication)
         log.info(
-            "published %s: %s",
+            "%s %s: %s",
+            "re-published" if again else "published",
             decision.state.value,
             publication.summary(),
             extra={
