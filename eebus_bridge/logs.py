@@ -35,7 +35,6 @@ class _TextFormatter(logging.Formatter):
         )
 
 
-
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, tz=UTC)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.clock_steps import STEP_THRESHOLD_S, ClockChanges, open_clock_changes
 from eebus_bridge.config import Config
 from eebus_bridge.failsafe_store import save_failsafe_values
@@ -63,6 +64,7 @@ _SIDECAR_ACTIONS = (
 )
 _INPUT_BUFFER = 1000
 _BATCH = 64  # inputs applied between two checkpoints of the lpc task
+_PERSIST_RETRY = BackoffPolicy(initial_s=1.0, maximum_s=60.0, healthy_s=math.inf, jitter=0.1)
 
 
 def utc_now() -> datetime:
@@ -273,20 +275,51 @@ class LpcRunner:
         )
 
     async def _persist_task(self) -> None:
-        """Write accepted failsafe values off the Trio thread; latest value wins."""
+        """Write accepted failsafe values off the Trio thread; the latest value wins.
+
+        A write that fails (read-only folder, full disk) changes nothing else: the engine keeps
+        the accepted values in memory, publishes and answers as before, and the write is retried
+        (1 s, doubling to 60 s; a newer value replaces the one being retried) until it works.
+        The failure is logged once per change of its cause, and once more when writing works
+        again, never per attempt.
+        """
         seen = 0
+        retry = Backoff(_PERSIST_RETRY)
+        failure: str | None = None  # the cause last logged; None while writing works
         while True:
             seen, values = await self._to_persist.wait_newer(seen)
-            try:
-                await trio.to_thread.run_sync(
-                    save_failsafe_values, self._state_file, values, abandon_on_cancel=True
-                )
-            except OSError as exc:
-                log.error("cannot store failsafe values in %s: %s", self._state_file, exc)
-            else:
-                log.info(
-                    "stored failsafe values %g W / %g s in %s",
-                    values.limit_W,
-                    values.duration_s,
-                    self._state_file,
-                )
+            while True:
+                try:
+                    # Abandoned when cancelled: the write is crash-safe, and a stuck disk must
+                    # not hold up the shutdown (runtime.py, "exit means exit").
+                    await trio.to_thread.run_sync(
+                        save_failsafe_values, self._state_file, values, abandon_on_cancel=True
+                    )
+                except OSError as exc:
+                    cause = exc.strerror or str(exc)
+                    if cause != failure:
+                        failure = cause
+                        log.error(
+                            "cannot store failsafe values %g W / %s in %s: %s; they stay in "
+                            "force in memory and the write is retried until it works",
+                            values.limit_W,
+                            format_duration(values.duration_s),
+                            self._state_file,
+                            cause,
+                            extra={"fields": {"errno": exc.errno}},
+                        )
+                    else:
+                        log.debug("failsafe values still not stored: %s", cause)
+                    with trio.move_on_after(retry.next_delay()):
+                        seen, values = await self._to_persist.wait_newer(seen)
+                    continue
+                break
+            retry.reset()
+            log.info(
+                "stored failsafe values %g W / %s in %s%s",
+                values.limit_W,
+                format_duration(values.duration_s),
+                self._state_file,
+                "" if failure is None else " (writing works again)",
+            )
+            failure = None
