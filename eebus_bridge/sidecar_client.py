@@ -8,6 +8,13 @@ seconds, and two exception types: `SidecarRpcError` (the sidecar answered with a
 
 Every unary call has a deadline (rpc_timeout_s): a hung sidecar must surface as an error instead
 of freezing the bridge (stack-notes: grpclib never notices a stopped server by itself).
+
+Bytes from the sidecar are untrusted (issue 13.4). A message that does not decode (invalid
+UTF-8 in a string, a truncated field) is one bad answer: a unary call raises SidecarRpcError
+(status UNDECODABLE), a stream drops that message with a warning and reads on. A stream whose
+framing breaks (closed in the middle of a message, a compressed flag nobody negotiated) cannot be
+read any further: SidecarProtocolError, and the connection is set up again. Values out of range
+and unknown enum numbers decode fine and are judged by the engine and the event dispatch.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import trio_asyncio  # isort: skip
 
 import logging
 import math
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -58,6 +66,18 @@ class SidecarRpcError(Exception):
 
 class SidecarUnreachable(Exception):
     """No answer from the sidecar: connection refused or reset, or the deadline passed."""
+
+
+class SidecarProtocolError(SidecarUnreachable):
+    """The sidecar broke the gRPC framing of a stream (e.g. closed it mid-message)."""
+
+
+# What decoding a message from the wire raises for bytes that are not a valid message
+# (betterproto2: UnicodeDecodeError is a ValueError, EOFError for truncated fields).
+_UNDECODABLE = (ValueError, EOFError, struct.error)
+# What grpclib raises when the framing itself is broken: it asserts that a message came whole
+# and refuses the compressed flag.
+_BROKEN_FRAMING = (AssertionError, NotImplementedError)
 
 
 @attrs.frozen
@@ -168,6 +188,10 @@ class SidecarClient:
                 raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
             except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
                 raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
+            except (*_UNDECODABLE, *_BROKEN_FRAMING) as exc:
+                raise SidecarRpcError(
+                    rpc, "UNDECODABLE", f"the sidecar's answer is not a valid message ({exc})"
+                ) from exc
         assert backstop.cancelled_caught
         raise SidecarUnreachable(f"{rpc}: no answer within {self._timeout + 1.0:.1f} s")
 
@@ -370,7 +394,27 @@ class SidecarClient:
             ) as stream:
                 await stream.send_message(request, end=True)
                 subscribed.set()
-                async for message in stream:
+                undecodable = 0
+                while True:
+                    try:
+                        message = await stream.recv_message()
+                    except _UNDECODABLE as exc:
+                        undecodable += 1
+                        log.log(
+                            logging.WARNING if undecodable == 1 else logging.DEBUG,
+                            "%s: dropped a message from the sidecar that does not decode (%s)%s",
+                            rpc,
+                            exc,
+                            "" if undecodable == 1 else f" ({undecodable} on this stream)",
+                        )
+                        continue
+                    except _BROKEN_FRAMING as exc:
+                        raise SidecarProtocolError(
+                            f"{rpc}: the sidecar broke the stream's framing "
+                            f"({type(exc).__name__}: {exc or 'message cut short'})"
+                        ) from exc
+                    if message is None:
+                        break
                     item = convert(message)
                     try:
                         out.send_nowait(item)
