@@ -53,6 +53,7 @@ class EebusConfig:
     ems_ski_allowlist: tuple[str, ...] = ()  # normalised: 40 lower-case hex chars, no duplicates
     accept_unknown_ems: bool = False
     reconnect_delay_s: float = 5.0
+    reconnect_delay_max_s: float = 60.0  # the backoff's cap
     rpc_timeout_s: float = 5.0
 
 
@@ -65,6 +66,7 @@ class SidecarConfig:
     certificate: Path = Path("eebus.crt")
     private_key: Path = Path("eebus.key")
     restart_delay_s: float = 5.0
+    restart_delay_max_s: float = 60.0  # the backoff's cap
 
 
 @attrs.frozen
@@ -589,9 +591,14 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "heartbeat_timeout_s": _between(5, 3600),
         "ems_ski_allowlist": _ski_allowlist,
         "reconnect_delay_s": _positive,
+        "reconnect_delay_max_s": _positive,
         "rpc_timeout_s": _positive,
     },
-    SidecarConfig: {"binary": _program, "restart_delay_s": _positive},
+    SidecarConfig: {
+        "binary": _program,
+        "restart_delay_s": _positive,
+        "restart_delay_max_s": _positive,
+    },
     LpcTiming: {
         "heartbeat_timeout_s": _positive,
         "init_timeout_s": _positive,

@@ -84,12 +84,17 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 
 
-def restart_backoff(initial_s: float, *, rng: random.Random | None = None) -> Backoff:
-    """Start at `initial_s`, double up to 60 s, +-20 % jitter (never above 60 s: the caller
-    caps it); reset after 60 s of healthy running."""
+def restart_backoff(
+    initial_s: float, maximum_s: float = BACKOFF_CAP_S, *, rng: random.Random | None = None
+) -> Backoff:
+    """Start at `initial_s`, double up to `maximum_s` (60 s unless configured), +-20 % jitter
+    (never above the cap: the caller caps it); reset after 60 s of healthy running."""
     return Backoff(
         BackoffPolicy(
-            initial_s=initial_s, maximum_s=BACKOFF_CAP_S, healthy_s=HEALTHY_AFTER_S, jitter=0.2
+            initial_s=initial_s,
+            maximum_s=max(maximum_s, initial_s),
+            healthy_s=HEALTHY_AFTER_S,
+            jitter=0.2,
         ),
         rng=rng,
     )
@@ -160,10 +165,10 @@ class Bridge:
 
     async def _supervise_connection(self) -> None:
         managed = self.config.sidecar.manage
-        initial = (
-            self.config.sidecar.restart_delay_s if managed else self.config.eebus.reconnect_delay_s
-        )
-        backoff = restart_backoff(initial)
+        sidecar, eebus = self.config.sidecar, self.config.eebus
+        initial = sidecar.restart_delay_s if managed else eebus.reconnect_delay_s
+        cap = max(sidecar.restart_delay_max_s if managed else eebus.reconnect_delay_max_s, initial)
+        backoff = restart_backoff(initial, cap)
         while True:
             backoff.connected()  # a group that runs for HEALTHY_AFTER_S resets the delay
             try:
@@ -184,7 +189,7 @@ class Bridge:
             else:  # pragma: no cover - the group's tasks only end by raising
                 log.error("sidecar connection ended without an error")
             self.connected = trio.Event()
-            delay = min(backoff.next_delay(), BACKOFF_CAP_S)
+            delay = min(backoff.next_delay(), cap)
             what = "restarting the sidecar" if managed else "reconnecting to the sidecar"
             log.warning("%s in %.1f s", what, delay)
             await trio.sleep(delay)
