@@ -165,9 +165,10 @@ class Bridge:
 
     async def _supervise_connection(self) -> None:
         managed = self.config.sidecar.manage
-        sidecar, eebus = self.config.sidecar, self.config.eebus
-        initial = sidecar.restart_delay_s if managed else eebus.reconnect_delay_s
-        cap = max(sidecar.restart_delay_max_s if managed else eebus.reconnect_delay_max_s, initial)
+        sidecar_config, eebus = self.config.sidecar, self.config.eebus
+        initial = sidecar_config.restart_delay_s if managed else eebus.reconnect_delay_s
+        cap = sidecar_config.restart_delay_max_s if managed else eebus.reconnect_delay_max_s
+        cap = max(cap, initial)
         backoff = restart_backoff(initial, cap)
         while True:
             backoff.connected()  # a group that runs for HEALTHY_AFTER_S resets the delay
