@@ -38,6 +38,18 @@ async def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_run
     assert 8.0 <= await delay(healthy_for=1.0) <= 12.0
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_configured_cap_bounds_every_delay(seed: int) -> None:
+    # [sidecar] restart_delay_max_s / [eebus] reconnect_delay_max_s: doubling stops there
+    # (a cap below the initial delay is lifted to it).
+    backoff = restart_backoff(0.2, 0.5, rng=random.Random(seed))
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert all(0.16 <= d <= 0.6 for d in delays)
+    assert all(0.4 <= d for d in delays[2:])
+    lifted = restart_backoff(5.0, 1.0, rng=random.Random(seed))
+    assert 4.0 <= lifted.next_delay() <= 6.0
+
+
 def test_two_backoffs_do_not_reconnect_in_lockstep() -> None:
     first, second = restart_backoff(5.0), restart_backoff(5.0)
     assert [first.next_delay() for _ in range(3)] != [second.next_delay() for _ in range(3)]
