@@ -327,7 +327,7 @@ async def test_logs_name_rule_ids_and_publications(
     ):
         await publications.wait_state("Unlimited/autonomous", limit_s=6)
     messages = [r.getMessage() for r in caplog.records]
-    assert "state Init -> Unlimited/autonomous [LPC-906]" in messages
+    assert "state Init -> Unlimited/autonomous (LPC-906)" in messages
     assert any(m.startswith("published Unlimited/autonomous: unlimited") for m in messages)
 
 

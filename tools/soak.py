@@ -198,14 +198,27 @@ class BridgeRun:
         return [int(port) for port in _CONTROL_LINE.findall(self.log())]
 
     def records(self, method: str) -> int:
+        """How many `method` RPCs the simulated sidecars (all of them so far) recorded."""
+        return self._count(lambda row: row.get("kind") == "rpc" and row.get("method") == method)
+
+    def events(self, name: str) -> int:
+        """How many `name` events the simulated sidecars emitted to the bridge."""
+        return self._count(
+            lambda row: (
+                row.get("kind") == "event"
+                and row.get("name") == name
+                and row.get("outcome") == "emitted"
+            )
+        )
+
+    def _count(self, match: Callable[[dict[str, Any]], bool]) -> int:
         path = self.folder / "record.jsonl"
         if not path.exists():
             return 0
         count = 0
         for line in path.read_text().splitlines():
             with contextlib.suppress(ValueError):
-                row = json.loads(line)
-                count += row.get("kind") == "rpc" and row.get("method") == method
+                count += match(json.loads(line))
         return count
 
     def check_alive(self) -> None:
@@ -338,9 +351,17 @@ async def sidecar_kills(workdir: Path, rounds: int) -> CaseResult:
             )
             control = await eg_control(bridge, sidecars)
             value = 1000.0 + round_
+            heartbeats = bridge.events("DataUpdateHeartbeat")
             await send_limit(control, value)
             recovered = await wait_for(
                 lambda: value in bridge.limits(), f"limit {value:g} W published", bridge=bridge
+            )
+            # A sidecar killed before its EG ever sent a heartbeat would leave the bridge
+            # without one for good, and the heartbeat rule rightly goes to Failsafe [LPC-911].
+            await wait_for(
+                lambda: bridge.events("DataUpdateHeartbeat") > heartbeats,
+                "a heartbeat of the new EG",
+                bridge=bridge,
             )
             if round_ == 0:
                 result.before = footprint(bridge.pid)
@@ -613,7 +634,8 @@ async def _main(args: argparse.Namespace) -> list[CaseResult]:
         "sidecar-garbage": args.garbage_rounds,
     }
     results = []
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-"))
         for name, case in CASES.items():
             if counts[name] <= 0:
                 continue
@@ -632,6 +654,9 @@ def main() -> None:
     parser.add_argument("--storage-rounds", type=int, default=10)
     parser.add_argument("--garbage-rounds", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the bridges' files here (default: a temp dir)"
+    )
     args = parser.parse_args()
     results = trio.run(_main, args)
     print(f"\nmachine: {machine()}, Python {sys.version.split()[0]}")
