@@ -24,14 +24,13 @@ from eebus_bridge.config import (
     load_config,
 )
 from eebus_bridge.logs import LEVELS, setup_logging
-from eebus_bridge.pairing import (
-    DiscoveryFailed,
+from eebus_bridge.pairing.device import (
     PairingRefused,
     check_device_pair,
     create_device_certificate,
     read_device_ski,
-    run_discover,
 )
+from eebus_bridge.pairing.discovery import DiscoveryFailed, run_discover
 from eebus_bridge.ski import group_ski
 
 EXIT_OK = 0

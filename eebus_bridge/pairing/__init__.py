@@ -1,8 +1,14 @@
 """Pairing with an energy manager: this charger's SHIP certificate and SKI, and the energy
 managers (EGs) on the network with the allowlist line to paste.
 
-The CLI verbs `cert create`, `ski` and `discover` use these; `check-config` and `run` use
-`check_device_pair` so that a broken certificate/key pair is refused before the sidecar starts.
+    certificates  create SHIP certificates, read SKIs, check a certificate/key pair (no config)
+    device        this charger's pair as the config names it: `cert create`, `ski`, the
+                  checks of `check-config`/`run`
+    discovery     `discover`: ask the running bridge, else watch with a sidecar of our own
+
+Only the certificate names are re-exported here: the HEMS simulator uses them and starts in
+well under a second, so importing this package must not pull in the config loader (cattrs)
+or urllib; the CLI imports `device` and `discovery` itself.
 """
 
 from eebus_bridge.pairing.certificates import (
@@ -18,35 +24,17 @@ from eebus_bridge.pairing.certificates import (
     ski_of,
     write_credentials,
 )
-from eebus_bridge.pairing.device import (
-    CreatedCertificate,
-    PairingRefused,
-    check_device_pair,
-    create_device_certificate,
-    device_subject,
-    read_device_ski,
-)
-from eebus_bridge.pairing.discovery import DiscoveryFailed, EnergyManager, run_discover
 
 __all__ = [
     "CertificateError",
     "CertificatePair",
-    "CreatedCertificate",
-    "DiscoveryFailed",
-    "EnergyManager",
     "PairCheck",
     "PairFault",
-    "PairingRefused",
     "ShipCredentials",
     "ShipSubject",
-    "check_device_pair",
     "check_sidecar_pair",
-    "create_device_certificate",
     "create_ship_credentials",
-    "device_subject",
     "load_certificate_pair",
-    "read_device_ski",
-    "run_discover",
     "ski_of",
     "write_credentials",
 ]
