@@ -341,10 +341,15 @@ def run_discover(
         import trio_asyncio
 
         async def watch() -> list[EnergyManager]:
-            async with trio_asyncio.open_loop():
-                return await discover_with_sidecar(
-                    config, seconds, lambda manager, gone: print_line(describe(manager, gone=gone))
-                )
+            try:
+                async with trio_asyncio.open_loop():
+                    return await discover_with_sidecar(
+                        config,
+                        seconds,
+                        lambda manager, gone: print_line(describe(manager, gone=gone)),
+                    )
+            except BaseExceptionGroup as group:  # the loop's nursery wraps what escapes it
+                raise _explain(group, config) from None
 
         print_line(f"# watching for energy managers for {seconds:g} s ...")
         managers = trio.run(watch)
