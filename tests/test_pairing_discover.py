@@ -18,13 +18,18 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
+import trio_asyncio
 
 from eebus_bridge.config import load_config
+from eebus_bridge.generated.control_service import ControlServiceStub
 from eebus_bridge.pairing.discovery import status_endpoint
 from tests._bridge_fixtures import SIMULATOR, write_config
-from tools.hems_simulator import free_tcp_port
+from tests._sim_fixtures import aio, open_grpc_channel, valid_config
+from tools.hems_simulator import free_tcp_port, open_simulator_process
 
 REPO = Path(__file__).resolve().parent.parent
+DISCOVER = [sys.executable, "-m", "eebus_bridge", "discover"]
 TRUSTED = "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f001"
 UNKNOWN = "aaaabbbbccccddddeeeeffff0000111122223333"
 SCENARIO = f"""
@@ -57,7 +62,7 @@ class DiscoverSetup:
 
     def discover(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "eebus_bridge", "discover", "-c", str(self.config), *args],
+            [*DISCOVER, "-c", str(self.config), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -107,11 +112,11 @@ def setup(tmp_path: Path) -> Iterator[DiscoverSetup]:
 def test_discover_lists_two_energy_managers_and_the_allowlist_line(setup: DiscoverSetup) -> None:
     nobody_listens = f"http://127.0.0.1:{free_tcp_port()}"  # no bridge: it runs its own sidecar
 
-    result = setup.discover("--seconds", "5", "--status-url", nobody_listens)
+    result = setup.discover("--seconds", "3", "--status-url", nobody_listens)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "# watching for energy managers for 5 s ...",
+        "# watching for energy managers for 3 s ...",
         f"found  {TRUSTED}  Grid Operator ControlBox (EnergyManagementSystem)  already trusted",
         f"found  {UNKNOWN}  Neighbour HEMS 2 (EnergyManagementSystem)  not trusted yet",
         "# 2 energy manager(s) seen. Paste into [eebus]; remove every SKI that is not an energy "
@@ -289,3 +294,72 @@ def test_status_endpoint(tmp_path: Path, url: str | None, expected: str | None) 
     config = load_config(write_config(tmp_path, grpc_port=50051)).config
     endpoint = status_endpoint(config, url, None)
     assert (endpoint.url if endpoint is not None else None) == expected
+
+
+# --------------------------------------------------------------------------- Ctrl-C, external
+
+
+async def test_ctrl_c_ends_the_watch_and_still_prints_the_line(setup: DiscoverSetup) -> None:
+    process = await trio.lowlevel.open_process(
+        [*DISCOVER, "-c", str(setup.config), "--seconds", "300", "--status-url", ""],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env={**os.environ, "EEBUS_SIM_PYTHON": sys.executable},
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        with trio.fail_after(60):
+            while output.count(b"\nfound ") < 2:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk
+            process.send_signal(signal.SIGINT)
+            async for chunk in process.stdout:
+                output += chunk
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert output.decode().splitlines()[-1] == f'ems_ski_allowlist = ["{TRUSTED}", "{UNKNOWN}"]'
+    assert all(not _alive(pid) for pid in setup.sidecar_pids)
+
+
+async def test_discover_at_an_external_sidecar_only_subscribes(tmp_path: Path) -> None:
+    """[sidecar] manage = false: the bridge's sidecar is set up already; discover must not
+    configure it again (that would leave it unusable for the bridge), only watch."""
+    (tmp_path / "scenario.toml").write_text(SCENARIO)
+    async with (
+        trio_asyncio.open_loop(),
+        open_simulator_process(
+            tmp_path, scenario=tmp_path / "scenario.toml", control=False
+        ) as sidecar,
+    ):
+        async with open_grpc_channel(sidecar.port) as channel:  # what the bridge did
+            control = ControlServiceStub(channel)
+            await aio(control.set_config)(valid_config())
+            await aio(control.start_setup)()
+            await aio(control.start_service)()
+        config = write_config(
+            tmp_path, grpc_port=sidecar.port, manage=False, eebus={"ems_ski_allowlist": []}
+        )
+        result = await trio.run_process(
+            [*DISCOVER, "-c", str(config), "--seconds", "3", "--status-url", ""],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=REPO,
+        )
+        methods = [record["method"] for record in sidecar.records("rpc")]
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert (
+        f"found  {TRUSTED}  Grid Operator ControlBox (EnergyManagementSystem)  not trusted yet"
+        in lines
+    )
+    assert lines[-1] == f'ems_ski_allowlist = ["{TRUSTED}", "{UNKNOWN}"]'
+    assert methods.count("SetConfig") == 1  # only the bridge's
+    assert methods.count("StartService") == 1
+    assert methods[-1] == "SubscribeDiscoveryEvents"

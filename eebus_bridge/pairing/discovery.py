@@ -18,6 +18,7 @@ Two sources, tried in this order:
    With `[sidecar] manage = false` the external sidecar is the bridge's; discover only
    subscribes there (no setup calls, which would leave it unusable for the bridge).
 
+Ctrl-C while watching ends the watch early and still prints the allowlist line.
 Failures are clear lines, never a hang: the port held by another program (checked by binding it
 before starting the sidecar), a sidecar without SubscribeDiscoveryEvents (v0.1.0 and older
 answer UNIMPLEMENTED), a sidecar that exits or never answers.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import signal
 import socket
 import urllib.error
 import urllib.parse
@@ -248,7 +250,8 @@ async def discover_with_sidecar(
                 await subscribed.wait()
             if managed:
                 await client.start_service()
-            with trio.move_on_after(seconds):
+            with trio.move_on_after(seconds) as window:
+                nursery.start_soon(_end_on_interrupt, window)
                 async for event in receive:
                     note(event)
             nursery.cancel_scope.cancel()
@@ -275,6 +278,15 @@ async def discover_with_sidecar(
     except (SidecarRpcError, SidecarUnreachable, SidecarExited, trio.TooSlowError) as exc:
         raise _explain(BaseExceptionGroup("discover", [exc]), config) from exc
     return list(seen.values())
+
+
+async def _end_on_interrupt(window: trio.CancelScope) -> None:
+    """Ctrl-C ends the watch early; what was seen still makes the allowlist line."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            log.info("interrupted: ending the watch")
+            window.cancel()
+            return
 
 
 def _explain(group: BaseExceptionGroup[Any], config: Config) -> BaseException:
