@@ -210,23 +210,22 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 # --------------------------------------------------------------------------- reading
 
 
+class UnusableSki(ValueError):
+    """A certificate without a 20-byte SKI; the message says what is wrong with it."""
+
+
 def ski_of(certificate: x509.Certificate) -> str:
-    """The SKI extension's 20 bytes as 40 lower-case hex digits; CertificateError if unusable."""
+    """The SKI extension's 20 bytes as 40 lower-case hex digits; UnusableSki if there is none."""
     try:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     except x509.ExtensionNotFound:
-        raise _no_ski("it has no Subject Key Identifier extension") from None
+        raise UnusableSki("it has no Subject Key Identifier extension") from None
     except ValueError as exc:  # an extension cryptography cannot parse
-        raise _no_ski(f"its extensions cannot be read ({exc})") from None
+        raise UnusableSki(f"its extensions cannot be read ({exc})") from None
     digest = extension.value.digest
     if len(digest) != SKI_BYTES:
-        raise _no_ski(f"its Subject Key Identifier has {len(digest)} bytes, not {SKI_BYTES}")
+        raise UnusableSki(f"its Subject Key Identifier has {len(digest)} bytes, not {SKI_BYTES}")
     return digest.hex()
-
-
-def _no_ski(reason: str) -> CertificateError:
-    # The path is filled in by the caller that knows it (see _with_path).
-    return CertificateError(PairFault.NO_SKI, Path(), reason)
 
 
 def load_certificate_pair(certificate_path: Path, key_path: Path) -> CertificatePair:
@@ -240,27 +239,14 @@ def load_certificate_pair(certificate_path: Path, key_path: Path) -> Certificate
     _check_match(certificate, certificate_path, key, key_path)
     try:
         ski = ski_of(certificate)
-    except CertificateError as exc:
+    except UnusableSki as exc:
         raise CertificateError(
             PairFault.NO_SKI,
             certificate_path,
-            f"{certificate_path} cannot be used for EEBUS: {exc.problem}; EEBUS names a device "
+            f"{certificate_path} cannot be used for EEBUS: {exc}; EEBUS names a device "
             "by this 20-byte SKI (make a SHIP certificate with `eebus-bridge cert create`)",
         ) from None
     return CertificatePair(certificate=certificate, ski=ski)
-
-
-def read_certificate_ski(certificate_path: Path) -> str:
-    """The SKI of a certificate file alone (no key check); CertificateError if unusable."""
-    pem = _read(certificate_path, PairFault.CERTIFICATE_UNREADABLE, "certificate")
-    _check_certificate_pem(certificate_path, pem)
-    certificate = _parse_certificate(certificate_path, pem)
-    try:
-        return ski_of(certificate)
-    except CertificateError as exc:
-        raise CertificateError(
-            PairFault.NO_SKI, certificate_path, f"{certificate_path}: {exc.problem}"
-        ) from None
 
 
 def _read(path: Path, fault: PairFault, what: str) -> bytes:
