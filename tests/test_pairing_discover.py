@@ -60,14 +60,16 @@ class DiscoverSetup:
         path = self.folder / "sidecar.pids"
         return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
-    def discover(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def discover(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*DISCOVER, "-c", str(self.config), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             cwd=REPO,
-            env={**os.environ, "EEBUS_SIM_PYTHON": sys.executable},
+            env={**os.environ, "EEBUS_SIM_PYTHON": sys.executable, **(env or {})},
             check=False,
         )
 
@@ -250,7 +252,9 @@ def test_discover_asks_the_running_bridge_first(
 ) -> None:
     status, url = status_server
 
-    result = setup.discover("--status-url", url, "--token", "s3cret", "--seconds", "30")
+    # A proxy setting must not divert the question (nothing listens on port 9).
+    proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = setup.discover("--status-url", url, "--token", "s3cret", "--seconds", "30", env=proxy)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [

@@ -146,8 +146,10 @@ def ask_running_bridge(endpoint: StatusEndpoint) -> list[EnergyManager] | None:
     request = urllib.request.Request(endpoint.url, headers={"Accept": "application/json"})
     if endpoint.token:
         request.add_header("Authorization", f"Bearer {endpoint.token}")
+    # No proxy: an http_proxy variable must not send a question about this host elsewhere.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT_S) as response:
+        with opener.open(request, timeout=STATUS_TIMEOUT_S) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
