@@ -206,9 +206,9 @@ def check_port_free(port: int) -> None:
 
 
 async def discover_with_sidecar(
-    config: Config, seconds: float, on_change: Callable[[EnergyManager, bool], None]
+    config: Config, seconds: float, print_line: Callable[[str], None]
 ) -> list[EnergyManager]:
-    """Watch discovery events for `seconds`; on_change(manager, gone) for each one.
+    """Watch discovery events for `seconds`, printing a line as each EG appears or goes.
 
     Needs an open trio-asyncio loop. Returns every EG seen (in order of first appearance).
     """
@@ -239,9 +239,9 @@ async def discover_with_sidecar(
         )
         if event.kind == "DISCOVERED":
             seen.setdefault(ski, manager)
-            on_change(manager, False)
+            print_line(describe(manager))
         elif event.kind == "REMOVED":
-            on_change(manager, True)
+            print_line(describe(manager, gone=True))
 
     async def watch(client: SidecarClient) -> None:
         send, receive = trio.open_memory_channel[DiscoveryEvent](_EVENT_BUFFER)
@@ -252,6 +252,7 @@ async def discover_with_sidecar(
                 await subscribed.wait()
             if managed:
                 await client.start_service()
+            print_line(f"# watching for energy managers for {seconds:g} s ...")
             with trio.move_on_after(seconds) as window:
                 nursery.start_soon(_end_on_interrupt, window)
                 async for event in receive:
@@ -357,15 +358,10 @@ def run_discover(
         async def watch() -> list[EnergyManager]:
             try:
                 async with trio_asyncio.open_loop():
-                    return await discover_with_sidecar(
-                        config,
-                        seconds,
-                        lambda manager, gone: print_line(describe(manager, gone=gone)),
-                    )
+                    return await discover_with_sidecar(config, seconds, print_line)
             except BaseExceptionGroup as group:  # the loop's nursery wraps what escapes it
                 raise _explain(group, config) from None
 
-        print_line(f"# watching for energy managers for {seconds:g} s ...")
         managers = trio.run(watch)
     for line in allowlist_lines(config.eebus.ems_ski_allowlist, managers):
         print_line(line)
