@@ -254,7 +254,7 @@ async def discover_with_sidecar(
                 await client.start_service()
             print_line(f"# watching for energy managers for {seconds:g} s ...")
             with trio.move_on_after(seconds) as window:
-                nursery.start_soon(_end_on_interrupt, window)
+                await nursery.start(_end_on_interrupt, window)
                 async for event in receive:
                     note(event)
             nursery.cancel_scope.cancel()
@@ -283,9 +283,12 @@ async def discover_with_sidecar(
     return list(seen.values())
 
 
-async def _end_on_interrupt(window: trio.CancelScope) -> None:
+async def _end_on_interrupt(
+    window: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Ctrl-C ends the watch early; what was seen still makes the allowlist line."""
     with trio.open_signal_receiver(signal.SIGINT) as signals:
+        task_status.started()
         async for _ in signals:
             log.info("interrupted: ending the watch")
             window.cancel()
