@@ -30,7 +30,6 @@ from eebus_bridge.pairing.device import (
     create_device_certificate,
     read_device_ski,
 )
-from eebus_bridge.pairing.discovery import DiscoveryFailed, run_discover
 from eebus_bridge.ski import group_ski
 
 EXIT_OK = 0
@@ -254,6 +253,9 @@ def _discover(args: argparse.Namespace) -> int:
     config = loaded.config
     if _report_problems(check_device_pair(config).problems):
         return EXIT_CONFIG_ERROR
+    # Imported here, like runtime in _run: the other commands never pay for trio and grpclib.
+    from eebus_bridge.pairing.discovery import DiscoveryFailed, run_discover
+
     if args.log_level != "debug":
         # The sidecar's own chatter would bury the list; its warnings and errors still show.
         logging.getLogger("eebus_grpc_api").setLevel(logging.WARNING)
