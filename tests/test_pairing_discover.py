@@ -23,7 +23,7 @@ import trio_asyncio
 
 from eebus_bridge.config import load_config
 from eebus_bridge.generated.control_service import ControlServiceStub
-from eebus_bridge.pairing.discovery import status_endpoint
+from eebus_bridge.pairing.discovery import EnergyManager, allowlist_lines, describe, status_endpoint
 from tests._bridge_fixtures import SIMULATOR, write_config
 from tests._sim_fixtures import aio, open_grpc_channel, valid_config
 from tools.hems_simulator import free_tcp_port, open_simulator_process
@@ -367,3 +367,18 @@ async def test_discover_at_an_external_sidecar_only_subscribes(tmp_path: Path) -
     assert methods.count("SetConfig") == 1  # only the bridge's
     assert methods.count("StartService") == 1
     assert methods[-1] == "SubscribeDiscoveryEvents"
+
+
+def test_allowlist_lines_keep_the_configured_skis_first() -> None:
+    seen = [
+        EnergyManager(UNKNOWN, "", "", "", trusted=False),
+        EnergyManager(TRUSTED, "B", "M", "EnergyManagementSystem", trusted=True),
+        EnergyManager(UNKNOWN, "", "", "", trusted=False),  # seen twice (gone and back)
+    ]
+    assert allowlist_lines([TRUSTED], seen)[-1] == f'ems_ski_allowlist = ["{TRUSTED}", "{UNKNOWN}"]'
+    assert describe(seen[0]) == f"found  {UNKNOWN}  (no name)  not trusted yet"
+    assert describe(seen[1], gone=True) == f"gone   {TRUSTED}  B M (EnergyManagementSystem)"
+    assert allowlist_lines([], []) == [
+        "# no energy manager seen; the configured allowlist is unchanged:",
+        "ems_ski_allowlist = []",
+    ]
