@@ -37,6 +37,7 @@ from eebus_bridge.pairing import (
 )
 from eebus_bridge.ski import group_ski
 from tests.test_cli import eebus_bridge
+from tools.hems_simulator import free_tcp_port
 
 OPENSSL = shutil.which("openssl")
 
@@ -87,6 +88,7 @@ serial_number = "SN0042"
 
 [eebus]
 accept_unknown_ems = true
+grpc_port = {free_tcp_port()}  # `run` never talks to a sidecar someone else runs on 50051
 
 [sidecar]
 manage = {"true" if manage else "false"}
