@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.clock_steps import STEP_THRESHOLD_S, ClockChanges, open_clock_changes
 from eebus_bridge.config import Config
@@ -30,9 +31,13 @@ from eebus_bridge.failsafe_store import save_failsafe_values
 from eebus_bridge.lpc import (
     Answer,
     Decision,
+    FailsafeDurationUpdated,
+    FailsafeLimitUpdated,
     FailsafeValues,
+    Heartbeat,
     Input,
     LpcEngine,
+    LpcState,
     Note,
     PersistFailsafeValues,
     Publish,
@@ -46,6 +51,7 @@ from eebus_bridge.lpc import (
     WriteBackFailsafeLimit,
     to_external_limits,
 )
+from eebus_bridge.lpc.values import EngineStatus
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.wording import describe_answer, describe_state_change, format_duration
 
@@ -102,6 +108,7 @@ class LpcRunner:
         publications: LatestValue[Publication],
         *,
         wall_clock: Callable[[], datetime] = utc_now,
+        activity: ActivityFeed | None = None,
         clock_changes: Callable[[], ClockChanges] = open_clock_changes,
     ) -> None:
         self.engine = LpcEngine(
@@ -110,13 +117,18 @@ class LpcRunner:
             accept_unknown_ems=config.eebus.accept_unknown_ems,
         )
         self.publications = publications
+        self.activity = activity if activity is not None else ActivityFeed()
+        self._heartbeat_timeout_s = config.lpc.timing.heartbeat_timeout_s
         self._wall_clock = wall_clock
         self._open_clock_changes = clock_changes
         self._last_publish: Publish | None = None
         self._published_offset = 0.0  # wall - monotonic seconds used by the last publication
         self._state_file: Path = config.lpc.state_file
         self._to_persist: LatestValue[FailsafeValues] = LatestValue()
-        self._inputs_send, self._inputs_receive = trio.open_memory_channel[Input](_INPUT_BUFFER)
+        # Each input travels with the time it was handed over (for the latency of publications).
+        self._inputs_send, self._inputs_receive = trio.open_memory_channel[tuple[float, Input]](
+            _INPUT_BUFFER
+        )
         self._sidecar: trio.MemorySendChannel[SidecarAction] | None = None
 
     # -- called by the runtime and the eebus task --------------------------------------------
@@ -131,10 +143,11 @@ class LpcRunner:
         No scheduling pass when there is room: the caller (the event loop of the eebus task)
         yields on its next receive anyway, and a pass per heartbeat halves the event rate.
         """
+        item = (trio.current_time(), event)
         try:
-            self._inputs_send.send_nowait(event)
+            self._inputs_send.send_nowait(item)
         except trio.WouldBlock:
-            await self._inputs_send.send(event)
+            await self._inputs_send.send(item)
 
     def attach_sidecar(self, actions: trio.MemorySendChannel[SidecarAction] | None) -> None:
         """Route sidecar decisions to this connection (None: no connection, they are dropped).
@@ -160,8 +173,8 @@ class LpcRunner:
                     continue
                 deadline = self.engine.next_deadline
                 with trio.move_on_at(math.inf if deadline is None else deadline):
-                    event = await self._inputs_receive.receive()
-                    self._apply(event)
+                    received_at, event = await self._inputs_receive.receive()
+                    self._apply(event, received_at)
                     continue
                 self._apply(Tick())
 
@@ -169,21 +182,87 @@ class LpcRunner:
         """Apply up to `limit` queued inputs; False when there was none."""
         for count in range(limit):
             try:
-                event = self._inputs_receive.receive_nowait()
+                received_at, event = self._inputs_receive.receive_nowait()
             except trio.WouldBlock:
                 return count > 0
-            self._apply(event)
+            self._apply(event, received_at)
         return True
 
-    def _apply(self, event: Input) -> None:
+    def _apply(self, event: Input, received_at: float | None = None) -> None:
         now = trio.current_time()
-        for decision in self.engine.handle(event, now):
-            self._carry_out(decision, now, event)
+        before = self.engine.status(now) if self.activity.observed else None
+        decisions = self.engine.handle(event, now)
+        for decision in decisions:
+            self._carry_out(decision, now, received_at, event)
+        if before is not None:
+            self._record_activity(event, decisions, before, now)
 
-    def _carry_out(self, decision: Decision, now: float, event: Input) -> None:
+    def _record_activity(
+        self, event: Input, decisions: list[Decision], before: EngineStatus, now: float
+    ) -> None:
+        """Tell the activity feed what this input did (writes, failsafe writes, EG changes);
+        state changes and publications are recorded where they are carried out."""
+        record = self.activity.record
+        if isinstance(event, WriteApprovalRequired):
+            pending = dict(event.pending)
+            for decision in decisions:
+                if isinstance(decision, Answer) and decision.msg_counter in pending:
+                    limit = pending[decision.msg_counter]
+                    record(
+                        "write",
+                        ski=event.ski,
+                        msg_counter=decision.msg_counter,
+                        value_W=limit.value,
+                        active=limit.is_active,
+                        duration_s=limit.duration_s or None,
+                        approved=decision.approve,
+                        reason=decision.reason,
+                    )
+        elif isinstance(event, FailsafeLimitUpdated | FailsafeDurationUpdated) and event.ski:
+            if isinstance(event, FailsafeLimitUpdated):
+                what, value = "limit", event.limit_W
+                accepted = self.engine.failsafe_values.limit_W == value
+            else:
+                what, value = "duration", event.duration_s
+                accepted = self.engine.failsafe_values.duration_s == value
+            written_back = next(
+                (
+                    d.limit_W if isinstance(d, WriteBackFailsafeLimit) else d.duration_s
+                    for d in decisions
+                    if isinstance(d, WriteBackFailsafeLimit | WriteBackFailsafeDuration)
+                ),
+                None,
+            )
+            record(
+                "failsafe_write",
+                ski=event.ski,
+                what=what,
+                value=value,
+                accepted=accepted,
+                written_back=written_back,
+            )
+        age = before.last_heartbeat_age_s
+        if isinstance(event, Heartbeat) and age is not None and age > self._heartbeat_timeout_s:
+            record("eg", event="heartbeat_back", ski=event.ski)
+        after = self.engine.status(now)
+        for decision in decisions:
+            if isinstance(decision, StateChanged) and decision.new is LpcState.FAILSAFE:
+                record("eg", event="heartbeat_lost", ski=before.active_ski)
+        if after.active_ski != before.active_ski:
+            if after.active_ski is not None:
+                record("eg", event="active", ski=after.active_ski)
+            else:
+                record("eg", event="released", ski=before.active_ski)
+
+    def _carry_out(
+        self, decision: Decision, now: float, received_at: float | None, event: Input
+    ) -> None:
         if isinstance(decision, Publish):
-            self._publish(decision, now)
+            self._publish(decision, now, received_at)
         elif isinstance(decision, StateChanged):
+            self.activity.record(
+                "state", old=decision.old.value, new=decision.new.value, rule=decision.rule
+            )
             log.info(
                 "%s",
                 describe_state_change(decision),
@@ -245,9 +324,11 @@ class LpcRunner:
             # The limit's end is due: the engine's Tick publishes what follows, on the new clock.
             self._published_offset += step
             return
-        self._publish(last, now, again=True)
+        self._publish(last, now, None, again=True)
 
-    def _publish(self, decision: Publish, now: float, *, again: bool = False) -> None:
+    def _publish(
+        self, decision: Publish, now: float, received_at: float | None, *, again: bool = False
+    ) -> None:
         wall = self._wall_clock()
         self._last_publish = decision
         self._published_offset = wall.timestamp() - now
@@ -260,6 +341,14 @@ class LpcRunner:
             external_limits=to_external_limits(decision.limit_W, end_time, wall),
         )
         self.publications.set(publication)
+        self.activity.record(
+            "publication",
+            version=self.publications.version,
+            state=publication.state,
+            limit_W=publication.limit_W,
+            end_time=None if end_time is None else end_time.isoformat(),
+            latency_s=None if received_at is None else trio.current_time() - received_at,
+        )
         log.info(
             "%s %s: %s",
             "re-published" if again else "published",

@@ -95,6 +95,7 @@ class DiscoveryEvent:
     is_trusted: bool
     brand: str
     model: str
+    device_type: str = ""  # as the EG announces it, e.g. "EnergyManagementSystem"
 
 
 def limit_from_wire(load_limit: common_types.LoadLimit | None) -> SidecarLimit:
@@ -359,6 +360,7 @@ class SidecarClient:
                 is_trusted=msg.is_trusted,
                 brand=msg.brand,
                 model=msg.model,
+                device_type=msg.device_type,
             )
 
         await self._stream(
