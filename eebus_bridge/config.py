@@ -154,6 +154,18 @@ class RpcApiOutput:
 OutputConfig = JsonlOutput | EverestApiOutput | EverestLegacyApiOutput | RpcApiOutput
 
 
+HISTORY_FILE_NAME = "history.sqlite3"
+
+
+@attrs.frozen
+class HistoryConfig:
+    """[history]: the durable record of every limit (eebus_bridge/history)."""
+
+    enabled: bool = True
+    path: Path | None = None  # None = history.sqlite3 next to [lpc] state_file
+    retention_days: int = 400
+
+
 @attrs.frozen
 class Config:
     device: DeviceConfig
@@ -161,7 +173,15 @@ class Config:
     sidecar: SidecarConfig
     lpc: LpcConfig
     outputs: tuple[OutputConfig, ...]
+    history: HistoryConfig = HistoryConfig()
     source: Path | None = None  # the file it was loaded from
+
+    @property
+    def history_path(self) -> Path:
+        """[history] path, or its default next to [lpc] state_file."""
+        if self.history.path is not None:
+            return self.history.path
+        return self.lpc.state_file.parent / HISTORY_FILE_NAME
 
 
 # --------------------------------------------------------------------------- public API
@@ -191,7 +211,7 @@ OUTPUT_TYPES: dict[str, type[OutputConfig]] = {
     "everest-legacy-api": EverestLegacyApiOutput,
     "rpcapi": RpcApiOutput,
 }
-_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output")
+_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "history")
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -215,11 +235,21 @@ def load_config(path: Path) -> LoadedConfig:
         _finish_output(output, key, base_dir, report)
         for key, output in _structure_outputs(document, report)
     ]
+    history = _structure_section(document, "history", HistoryConfig, report)
+    if history is not None and lpc is not None:
+        history = _finish_history(history, lpc, base_dir, report)
     for key in document:
         if key not in _SECTIONS:
             report.add(_key_path("", key), "unknown key" + _did_you_mean(key, _SECTIONS))
 
-    if report.problems or device is None or eebus is None or sidecar is None or lpc is None:
+    if (
+        report.problems
+        or device is None
+        or eebus is None
+        or sidecar is None
+        or lpc is None
+        or history is None
+    ):
         raise ConfigError(report.problems)
     config = Config(
         device=device,
@@ -227,6 +257,7 @@ def load_config(path: Path) -> LoadedConfig:
         sidecar=sidecar,
         lpc=lpc,
         outputs=tuple(outputs),
+        history=history,
         source=source,
     )
     return LoadedConfig(config=config, warnings=tuple(_warnings(config)))
@@ -604,6 +635,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "failsafe_duration_s": _FAILSAFE_DURATION,
         "failsafe_duration_max_s": _FAILSAFE_DURATION,
     },
+    HistoryConfig: {"retention_days": _between(1, 36500)},
     MqttTls: {},
     JsonlOutput: {"path": _stdout_or_path},
     EverestApiOutput: {
@@ -758,6 +790,21 @@ def _finish_lpc(lpc: LpcConfig, base_dir: Path, report: _Report) -> LpcConfig:
     # must be writable even when the file already exists.
     _report_location("lpc.state_file", _location_problem(state_file, folder_written=True), report)
     return attrs.evolve(lpc, state_file=state_file)
+
+
+def _finish_history(
+    history: HistoryConfig, lpc: LpcConfig, base_dir: Path, report: _Report
+) -> HistoryConfig:
+    """Default path: history.sqlite3 in the folder of [lpc] state_file (already absolute)."""
+    if history.path is None:
+        # The state file's folder, which _finish_lpc already checked the same way.
+        return attrs.evolve(history, path=lpc.state_file.parent / HISTORY_FILE_NAME)
+    path = _absolute(base_dir, history.path)
+    if history.enabled:
+        # SQLite's WAL mode keeps -wal and -shm files next to the database: the folder must
+        # be writable even when the file exists.
+        _report_location("history.path", _location_problem(path, folder_written=True), report)
+    return attrs.evolve(history, path=path)
 
 
 def _finish_output(output: OutputConfig, key: str, base_dir: Path, report: _Report) -> OutputConfig:
@@ -938,6 +985,7 @@ def config_to_toml_dict(config: Config, *, hide_secrets: bool = True) -> dict[st
         "sidecar": _plain_table(config.sidecar),
         "lpc": _plain_table(config.lpc),
         "output": [_plain_output(output, hide_secrets) for output in config.outputs],
+        "history": _plain_table(config.history),
     }
 
 

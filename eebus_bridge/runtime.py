@@ -31,6 +31,7 @@ from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
+from eebus_bridge.history import HistoryStore
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
@@ -97,10 +98,16 @@ class Bridge:
         self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
+        self.history: HistoryStore | None = None
+        if config.history.enabled:
+            self.history = HistoryStore(config.history_path, config.history.retention_days)
+            self.activity.subscribe(self.history.observe)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))
         async with trio.open_nursery() as nursery:
+            if self.history is not None:
+                nursery.start_soon(self._keep_running, "history", self.history.run)
             nursery.start_soon(self._keep_running, "lpc", self.runner.run)
             for sink in self.sinks:
                 nursery.start_soon(
