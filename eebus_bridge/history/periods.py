@@ -184,7 +184,7 @@ def derive_timeline(activities: Iterable[Activity], since: datetime, until: date
             ski = last_writer if in_state == "Limited" else None
             if limit is not None and limit.value[1] == in_state and state_changed_at is not None:
                 # No state change since the last publication: a new value within the state.
-                cause = "new value" if state_changed_at < limit.start else state_rule
+                cause = "new value" if state_changed_at <= limit.start else state_rule
             else:
                 cause = state_rule
             value = (limit_W, in_state, ski, cause, fields.get("end_time"))
