@@ -185,23 +185,25 @@ class HistoryStore:
     # ------------------------------------------------------------------ the writer task
 
     async def run(self) -> None:
-        """Flush batches in a worker thread; prune hourly; never raises for file trouble."""
+        """Flush batches in a worker thread; prune hourly; never raises for file trouble.
+
+        Call `aclose` after it ended: it writes what came in meanwhile (the bridge's "stop").
+        """
         next_prune = trio.current_time()  # retention runs at start too
-        try:
-            while True:
-                retry_at = (
-                    math.inf if self._failing_since is None else trio.current_time() + RETRY_S
-                )
-                with trio.move_on_at(min(next_prune, retry_at)):
-                    await self._arrived.wait()
-                    await trio.sleep(self.batch_s)  # let a burst gather into one transaction
-                prune = trio.current_time() >= next_prune
-                await self._flush(prune=prune)
-                if prune:
-                    next_prune = trio.current_time() + PRUNE_INTERVAL_S
-        finally:
-            # Cancelled at shutdown: write what is queued (bridge "stop" included), briefly.
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        while True:
+            retry_at = math.inf if self._failing_since is None else trio.current_time() + RETRY_S
+            with trio.move_on_at(min(next_prune, retry_at)):
+                await self._arrived.wait()
+                await trio.sleep(self.batch_s)  # let a burst gather into one transaction
+            prune = trio.current_time() >= next_prune
+            await self._flush(prune=prune)
+            if prune:
+                next_prune = trio.current_time() + PRUNE_INTERVAL_S
+
+    async def aclose(self) -> None:
+        """Write what is queued and close the file; shielded and at most ~2 s (shutdown)."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(2.0):
                 await self._flush(prune=False)
             await self._close()
 
