@@ -167,6 +167,10 @@ async def test_a_full_disk_never_stops_publishing(
         assert "full" in errors[0] or "space" in errors[0]
 
 
+def _remount_read_only(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
 def _existing_history(path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.execute("PRAGMA journal_mode = WAL")
@@ -190,7 +194,7 @@ async def test_a_read_only_history_file_and_folder_never_stop_publishing(
     # root writes through file modes: a file system mounted read-only stops it too.
     with _tmpfs(folder, "4m"):
         _existing_history(folder / "history.sqlite3")
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        _remount_read_only(folder)
         await _publishes_while_history_fails(tmp_path, folder / "history.sqlite3", caplog)
 
 
