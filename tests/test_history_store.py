@@ -230,7 +230,7 @@ async def test_a_full_disk_logs_one_error_per_minute_and_loses_nothing(
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         elapsed = trio.current_time() - start
         assert 2 <= len(errors) <= elapsed // 60 + 1, (elapsed, errors)
-        assert store.failures >= 20  # a retry every few seconds, but few lines
+        assert store.failures > 2 * len(errors)  # retried every few seconds, logged rarely
         assert "No space left on device" in errors[0]
         assert "11 record(s) waiting" in errors[0]
         disk_full = False
