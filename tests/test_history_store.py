@@ -94,7 +94,7 @@ async def wait_for(
     """Wait for the store's worker thread, up to `limit_s` of real time (the thread works in
     real time even under a MockClock, whose steps of `step_s` then pass in no time)."""
     deadline = time.monotonic() + limit_s
-    while not condition():  # noqa: ASYNC110 - the worker thread has no Trio event
+    while not condition():  # the worker thread has no Trio event to wait on
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {limit_s} s: {condition}")
         await trio.sleep(step_s)
@@ -186,9 +186,7 @@ async def test_retention_is_enforced_hourly_while_running(
         await trio.sleep(3601)  # simulated: the hourly pass comes due
         await wait_for(lambda: store.prunes == 2)
         assert store.pruned == 1
-        assert [a.time > now - timedelta(seconds=1) for a in read_history(path, long_ago)] == [
-            True
-        ]
+        assert [a.time > now - timedelta(seconds=1) for a in read_history(path, long_ago)] == [True]
         nursery.cancel_scope.cancel()
 
 
