@@ -257,3 +257,30 @@ def test_an_unwritable_history_location_is_a_warning_not_an_error(tmp_path: Path
         f"history.path: cannot create {tmp_path}/file/history.sqlite3: {tmp_path}/file is not "
         "a directory; the bridge runs, but records no history until it can"
     ]
+
+
+def test_demo_week_makes_a_report_with_failsafe_and_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.history_demo import main as history_demo
+
+    config = write_config(tmp_path, grpc_port=50051)
+    history_demo([str(tmp_path / "history.sqlite3"), "--end", "2026-11-29T12:00Z"])
+    out = tmp_path / "week.html"
+    code, _, err = run(
+        capsys,
+        "report",
+        "-c",
+        config,
+        "--since",
+        "2026-11-22T12:00Z",
+        "--until",
+        "2026-11-29T12:00Z",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    html = out.read_text()
+    assert "LPC-912" in html  # the night without heartbeat
+    assert "denied: LPC-001" in html
+    assert "sidecar restart" in html

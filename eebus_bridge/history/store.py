@@ -160,7 +160,7 @@ class HistoryStore:
         self.batch_s = batch_s
         self._connect = connect
         self._max_pending = max_pending
-        self._pending: list[tuple[int, str, str]] = []
+        self._pending: list[Activity] = []
         self._arrived = trio.Event()
         self._connection: sqlite3.Connection | None = None
         self._last_error_logged: float | None = None
@@ -175,11 +175,12 @@ class HistoryStore:
     # ------------------------------------------------------------------ the event path
 
     def observe(self, activity: Activity) -> None:
-        """ActivityFeed observer: encode and queue; never blocks, never touches the disk.
+        """ActivityFeed observer: only queues it (the worker thread encodes and writes), so it
+        never blocks and never touches the disk.
 
         Called in the Trio thread (the runtime records there), before or while `run` runs.
         """
-        self._pending.append((to_ms(activity.time), activity.kind, _encode_fields(activity.fields)))
+        self._pending.append(activity)
         if len(self._pending) > self._max_pending:
             self._drop_oldest()
         self._arrived.set()
@@ -239,16 +240,17 @@ class HistoryStore:
             self._failing_since = None
             self.last_error = None
 
-    def _write(self, batch: Sequence[tuple[int, str, str]], prune_before_ms: int | None) -> int:
+    def _write(self, batch: Sequence[Activity], prune_before_ms: int | None) -> int:
         """In a worker thread: one transaction for the batch and the retention delete; returns
         the number of rows deleted."""
+        rows = [(to_ms(a.time), a.kind, _encode_fields(a.fields)) for a in batch]
         if self._connection is None:
             self._connection = self._connect(self.path)
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
-                "INSERT INTO activity (time_ms, kind, fields) VALUES (?, ?, ?)", batch
+                "INSERT INTO activity (time_ms, kind, fields) VALUES (?, ?, ?)", rows
             )
             deleted = 0
             if prune_before_ms is not None:
