@@ -317,3 +317,10 @@ def test_chart_and_report_do_not_depend_on_the_local_time_zone(new_york_time: An
     in_new_york = timeline_svg(DAY, T0, UNTIL), render_report(DAY, T0, UNTIL, generated_at=T0)
     assert "00:00" in [t.text for t in ET.fromstring(in_new_york[0]).iter(f"{SVG}text")]
     assert "2026-11-23 00:00:00" in in_new_york[1]
+
+
+def test_a_window_while_the_bridge_was_stopped_shows_no_limit() -> None:
+    """With context, the stop before the window ends the limit published before it."""
+    stopped = [publication(at(1), "Limited", 3000.0), bridge(at(2), "stop")]
+    timeline = derive_timeline(stopped, at(3), at(4))
+    assert (timeline.periods, timeline.states) == ((), ())

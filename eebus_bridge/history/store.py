@@ -46,7 +46,7 @@ BATCH_S: Final = 0.5  # gather a burst into one transaction; keeps crash loss un
 RETRY_S: Final = 5.0  # after a failed write, try again this soon even without new records
 ERROR_LOG_INTERVAL_S: Final = 60.0  # one error line per minute while writing fails
 PRUNE_INTERVAL_S: Final = 3600.0
-MAX_PENDING: Final = 100_000  # records kept in memory while the file cannot be written
+MAX_PENDING: Final = 10_000  # records kept in memory while the file cannot be written (~5 MB)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS activity (
@@ -312,9 +312,9 @@ def read_history(
     """The activities with since <= time < until (until None = to the end), oldest first.
 
     Synchronous (callers run it in a thread); opens the file read-only, so it never blocks or
-    alters the writer. A missing file gives []. With `context`, the last "state" and
-    "publication" before `since` come first, so that a chart or a period table knows what was
-    in force at `since`. Raises HistoryFileError for a file that is not a usable history.
+    alters the writer. A missing file gives []. With `context`, the last "bridge", "state" and
+    "publication" records before `since` come first, so that a chart or a period table knows
+    what was in force at `since` (nothing, when the bridge had stopped). Raises HistoryFileError for a file that is not a usable history.
     """
     if not path.exists():
         return []
@@ -329,7 +329,7 @@ def read_history(
             return []  # created but never written: no schema yet
         rows: list[tuple[int, str, str]] = []
         if context:
-            for kind in ("state", "publication"):
+            for kind in ("bridge", "state", "publication"):
                 if kinds is None or kind in kinds:
                     rows += connection.execute(
                         "SELECT time_ms, kind, fields FROM activity "
