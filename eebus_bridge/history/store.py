@@ -87,8 +87,11 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode_fields(fields: dict[str, Any]) -> str:
-    return json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(fields)
 
 
 def connect_for_writing(path: Path) -> sqlite3.Connection:
@@ -314,7 +317,8 @@ def read_history(
     Synchronous (callers run it in a thread); opens the file read-only, so it never blocks or
     alters the writer. A missing file gives []. With `context`, the last "bridge", "state" and
     "publication" records before `since` come first, so that a chart or a period table knows
-    what was in force at `since` (nothing, when the bridge had stopped). Raises HistoryFileError for a file that is not a usable history.
+    what was in force at `since` (nothing, when the bridge had stopped). Raises
+    HistoryFileError for a file that is not a usable history.
     """
     if not path.exists():
         return []
