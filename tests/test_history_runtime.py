@@ -215,3 +215,28 @@ async def test_history_can_be_switched_off(tmp_path: Path) -> None:
         assert bridge.history is None
         await trio.sleep(0.6)  # longer than a batch: a store would have written by now
     assert not (tmp_path / "history.sqlite3").exists()
+
+
+async def test_a_locked_history_file_does_not_delay_failsafe(tmp_path: Path) -> None:
+    """Another process holds the file's write lock (a backup, a long query): the writer thread
+    waits for it, while the heartbeat deadline still fires on time [LPC-911]."""
+    history = tmp_path / "history.sqlite3"
+    async with simulated_bridge(
+        tmp_path, heartbeat_window_s=2.0, actions=(limit_write(0.3, 2000.0),)
+    ) as (sim, _, publications):
+        await publications.wait_state("Limited")
+        await wait_until(lambda: ("publication", "Limited") in _published(history), limit_s=10)
+        with contextlib.closing(sqlite3.connect(history, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")  # in WAL mode: blocks every other writer
+            sim.stop_eg_heartbeat()
+            stopped_at = trio.current_time()
+            await publications.wait_state("Failsafe", limit_s=6)
+            assert trio.current_time() - stopped_at <= 2.0 + 0.5
+            await trio.sleep(1.0)  # two batch periods: the writer has tried and waits
+            assert ("publication", "Failsafe") not in _published(history)
+            other.execute("ROLLBACK")
+        await wait_until(lambda: ("publication", "Failsafe") in _published(history), limit_s=20)
+
+
+def _published(path: Path) -> list[tuple[str, object]]:
+    return [("publication", f["state"]) for k, f in _history(path) if k == "publication"]
