@@ -307,7 +307,9 @@ def activity_details(activity: Activity) -> str:
     fields = dict(activity.fields)
     event = fields.pop("event", None)
     words = [] if event is None else [str(event)]
-    words += [f"{key}={_short(value)}" for key, value in fields.items() if value is not None]
+    if activity.kind == "publication" and fields.get("limit_W", 0) is None:
+        fields["limit_W"] = "unlimited"
+    words += [f"{key}={_short(value)}" for key, value in fields.items() if value not in (None, "")]
     return " ".join(words)
 
 
