@@ -240,3 +240,25 @@ async def test_a_locked_history_file_does_not_delay_failsafe(tmp_path: Path) -> 
 
 def _published(path: Path) -> list[tuple[str, object]]:
     return [("publication", f["state"]) for k, f in _history(path) if k == "publication"]
+
+
+async def test_shutdown_is_not_held_up_by_a_locked_history_file(tmp_path: Path) -> None:
+    """The last write at shutdown gives up after a moment: the bridge stops within its 2 s."""
+    history = tmp_path / "history.sqlite3"
+    with contextlib.ExitStack() as stack:
+        async with simulated_bridge(tmp_path, actions=(limit_write(0.3, 2000.0),)) as (
+            sim,
+            _,
+            publications,
+        ):
+            await publications.wait_state("Limited")
+            await wait_until(lambda: ("publication", "Limited") in _published(history), limit_s=10)
+            other = stack.enter_context(
+                contextlib.closing(sqlite3.connect(history, isolation_level=None))
+            )
+            other.execute("BEGIN EXCLUSIVE")
+            sim.send_limit(1500.0)  # records that now wait for the lock
+            await publications.wait_for(lambda p: p.limit_W == 1500.0)
+            leaving = trio.current_time()
+        assert trio.current_time() - leaving < 2.0
+    assert ("publication", "Limited") in _published(history)  # the file is fine afterwards
