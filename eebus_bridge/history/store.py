@@ -21,6 +21,9 @@ Choices where the issue is silent (written down here, as design.md asks):
   bridge: the batch stays queued (at most `MAX_PENDING` records, the oldest dropped first), the
   store logs one error per minute and tries again with the next batch or after `RETRY_S`.
 - Retention deletes rows older than `retention_days` at start and then every hour.
+- Another process holding the file's write lock (a backup, a long query) is waited for 1 s per
+  attempt; at shutdown the last write gives up after `CLOSE_S`, so a locked file or a hung disk
+  never stretches the bridge's 2 s shutdown.
 """
 
 from __future__ import annotations
