@@ -3,6 +3,7 @@
     Bridge.run
       ├─ lpc task        LpcRunner.run: engine inputs, deadlines, decisions     (whole process)
       ├─ output tasks    one per sink, latest-value delivery                    (whole process)
+      ├─ history task    HistoryStore.run: the activity feed into SQLite        (whole process)
       └─ connection group, restarted as a whole with backoff when any member fails:
            ├─ sidecar task   SidecarProcess.run (when [sidecar] manage = true)
            └─ eebus task     EebusLink.run: handshake, streams, RPCs with deadlines
