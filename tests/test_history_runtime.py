@@ -145,7 +145,9 @@ async def _publishes_while_history_fails(
             failures = bridge.history.failures
             sim.send_limit(value)
             await publications.wait_for(lambda p, value=value: p.limit_W == value)
-            await wait_until(lambda failures=failures: bridge.history.failures > failures)
+            await wait_until(
+                lambda failures=failures: bridge.history.failures > failures, limit_s=15
+            )
     assert [p.limit_W for p in publications.history] == [4200.0, 2000.0, 1500.0, 900.0, 600.0]
     errors = _history_errors(caplog)
     assert len(errors) == 1, errors
