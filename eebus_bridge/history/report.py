@@ -85,6 +85,11 @@ def render_report(
         f"<h1>Power limits {escape(('of ' + device) if device else '')}</h1>",
         f"<p class='sub'>{_when(since)} to {_when(until)} (all times UTC) · generated "
         f"{_when(generated)} by eebus-bridge</p>",
+        "<p class='note'>A limit is the most power this charger may draw. The energy guard "
+        "(the grid operator's control box or an energy manager) sets it over EEBUS "
+        "(Limitation of Power Consumption, §14a EnWG); when the energy guard is not heard, the "
+        "charger falls back to its failsafe limit. The figures below come from the bridge's "
+        "own record of what it received and what it passed on to the charger.</p>",
         _cards(timeline),
         f"<div class='chart'>{timeline_svg_of(timeline, width=1000, height=300)}</div>",
         "<h2>Limited periods</h2>",
