@@ -21,7 +21,7 @@ import gc
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 import trio_asyncio
@@ -88,13 +88,16 @@ class Bridge:
         *,
         publications: LatestValue[Publication] | None = None,
         activity: ActivityFeed | None = None,
+        extra_sinks: Sequence[Sink] = (),
     ) -> None:
+        """`extra_sinks` deliver besides the config's outputs (the EVerest module's own sink)."""
         self.config = config
         self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
         self.runner = LpcRunner(config, self.publications)
         self.link = EebusLink(config, self.runner)
         self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
+        self.sinks.extend(extra_sinks)
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
 
@@ -158,24 +161,24 @@ async def _exit_on_signal(cancel_scope: trio.CancelScope) -> None:
             return
 
 
-async def _main(config: Config) -> None:
+async def _main(config: Config, extra_sinks: Sequence[Sink]) -> None:
     # Everything imported and built so far lives as long as the process: keep it out of the
     # garbage collector's full passes (a 20 ms pause each) that would otherwise delay answers.
     gc.collect()
     gc.freeze()
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         nursery.start_soon(_exit_on_signal, nursery.cancel_scope)
-        await Bridge(config).run()
+        await Bridge(config, extra_sinks=extra_sinks).run()
 
 
-def run_bridge(config: Config) -> int:
+def run_bridge(config: Config, *, extra_sinks: Sequence[Sink] = ()) -> int:
     """Run until SIGINT/SIGTERM; 0 after a clean shutdown."""
     log.info(
         "eebus-bridge starting: sidecar %s on port %d, %d output(s)",
         "managed" if config.sidecar.manage else "external",
         config.eebus.grpc_port,
-        len(config.outputs),
+        len(config.outputs) + len(extra_sinks),
     )
-    trio.run(_main, config)
+    trio.run(_main, config, extra_sinks)
     log.info("eebus-bridge stopped")
     return 0
