@@ -39,9 +39,9 @@ __all__ = ["manager"]
 
 def install(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`eebus-bridge everest-module install --prefix PREFIX ...` as a user runs it."""
+    command = [sys.executable, "-m", "eebus_bridge", "everest-module", "install"]
     return subprocess.run(
-        [sys.executable, "-m", "eebus_bridge", "everest-module", "install", "--prefix", str(prefix)]
-        + list(args),
+        [*command, "--prefix", str(prefix), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -174,9 +174,10 @@ async def test_failed_calls_are_retried_with_backoff(tmp_path: Path, prefix: Pat
         assert len(started) == 3
         # The delay grows: initial 0.5 s, then doubled (+-20 % jitter each).
         assert 0.3 < started[1] - started[0] < started[2] - started[1]
-        assert done["args"]["value"]["schedule_import"][0]["limits_to_root"]["total_power_W"][
-            "value"
-        ] == 4200.0
+        assert (
+            done["args"]["value"]["schedule_import"][0]["limits_to_root"]["total_power_W"]["value"]
+            == 4200.0
+        )
         errors = module.logged("error")
         assert sum("set_external_limits failed" in e and "retrying in" in e for e in errors) == 2
         assert module.process.returncode is None

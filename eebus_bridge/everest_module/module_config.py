@@ -170,7 +170,7 @@ def _allowlist(value: Any, problems: list[str]) -> list[str]:
                 f"eebus_ems_ski_allowlist: entry {number} ({entry!r}) is not an SKI: "
                 "must be 40 hex digits"
             )
-    return list(entries)
+    return [entry for entry in entries if _HEX40.fullmatch(entry)]  # each problem once
 
 
 def _resolved(value: Any, base: Path) -> Any:
