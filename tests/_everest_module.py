@@ -146,7 +146,9 @@ async def launched_module(
     config_file = folder / "config.yaml"
     config_file.write_text(everest_config(config_module))
     # The manager refuses a config before any module starts; this raises ManagerRefused.
-    manager.build_module_setup(config_file, MODULE_ID, prefix)
+    setup = manager.build_module_setup(config_file, MODULE_ID, prefix)
+    setup_file = folder / "setup.json"
+    setup_file.write_text(manager.setup_to_json(setup))
     log_conf = folder / "logging.ini"
     log_conf.write_text("[Core]\nDisableLogging=false\n")
     directory = module_dir(prefix)
@@ -164,7 +166,7 @@ async def launched_module(
         "PYTHONPATH": os.pathsep.join(
             [str(FAKE_EVEREST), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
-        "FAKE_EVEREST_CONFIG_FILE": str(config_file),
+        "FAKE_EVEREST_SETUP_FILE": str(setup_file),
         "FAKE_EVEREST_RECORD": str(folder / "record.jsonl"),
         "EEBUS_SIM_PYTHON": sys.executable,  # the simulator as sidecar runs on the test's Python
         **(env or {}),

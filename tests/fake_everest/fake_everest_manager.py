@@ -6,7 +6,9 @@ fake, kept as strict as the spec allows:
   `description` (>= 2 characters) and `metadata` (license URI, non-empty authors), nothing but
   the allowed top-level keys, every config entry with `type` and `description`, every
   requirement with `interface` and sane connection counts.
-- The module config is built the way the manager does (`build_module_setup`): from the module's
+- The module config is built the way the manager does (`build_module_setup`, in the test
+  process, before the module starts; the module process gets the result as JSON, as the real
+  one gets it from the manager over MQTT): from the module's
   own manifest.yaml, defaults applied, each value checked against its entry's JSON Schema; a key
   without default that is missing, or a value of the wrong type, is refused before the module
   starts (ManagerRefused). Unknown keys only give a warning and are not passed on.
@@ -18,13 +20,13 @@ fake, kept as strict as the spec allows:
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import attrs
 import jsonschema
-import yaml
 
 from eebus_bridge.sinks.external_limits import external_limits_problems
 
@@ -141,6 +143,8 @@ def manifest_problems(manifest: Any) -> list[str]:
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
+    import yaml  # here: the module process (the fake framework) needs no YAML, like everestpy
+
     try:
         manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -153,6 +157,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
 
 def build_module_setup(config_file: Path, module_id: str, prefix: Path) -> ModuleSetupData:
     """What the manager hands module `module_id` of `config_file`, or ManagerRefused."""
+    import yaml
+
     document = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     modules = document.get("active_modules") if isinstance(document, dict) else None
     if not isinstance(modules, dict) or module_id not in modules:
@@ -219,6 +225,31 @@ def build_module_setup(config_file: Path, module_id: str, prefix: Path) -> Modul
         connections=connections,
         warnings=tuple(found),
     )
+
+
+def setup_to_json(setup: ModuleSetupData) -> str:
+    """The setup as the manager sends it to the module (the fake: a file the session reads)."""
+    return json.dumps(attrs.asdict(setup, value_serializer=_plain))
+
+
+def setup_from_json(text: str) -> ModuleSetupData:
+    data = json.loads(text)
+    return ModuleSetupData(
+        module_id=data["module_id"],
+        module_name=data["module_name"],
+        module_dir=Path(data["module_dir"]),
+        etc_dir=Path(data["etc_dir"]),
+        module_config=data["module_config"],
+        connections={
+            name: [ConnectionData(**item) for item in items]
+            for name, items in data["connections"].items()
+        },
+        warnings=tuple(data["warnings"]),
+    )
+
+
+def _plain(_instance: Any, _field: Any, value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 def command_problems(interface: str, command: str, args: Any) -> list[str]:

@@ -8,7 +8,8 @@ uses the real API the documented way. Like the real package, `everest` is a name
 
 Environment, as the manager sets it: EV_MODULE, EV_PREFIX and EV_LOG_CONF_FILE are required.
 The fake's own settings:
-- FAKE_EVEREST_CONFIG_FILE  the EVerest config.yaml the "manager" loaded (required)
+- FAKE_EVEREST_SETUP_FILE  what the "manager" built from config.yaml and the manifest (JSON
+                           from fake_everest_manager.setup_to_json; required)
 - FAKE_EVEREST_RECORD       a JSONL file; every framework call is appended with its time
 - FAKE_EVEREST_READY_DELAY_S  seconds from init_done until on_ready (other modules starting)
 - FAKE_EVEREST_COMMAND_DELAY_S  how long the callee takes to answer each command
@@ -93,14 +94,10 @@ class RuntimeSession:
             raise _violation(f"RuntimeSession: {', '.join(missing)} not set")
         if not Path(os.environ["EV_LOG_CONF_FILE"]).is_file():
             raise _violation("RuntimeSession: EV_LOG_CONF_FILE is not a file")
-        try:
-            self._setup = manager.build_module_setup(
-                Path(os.environ["FAKE_EVEREST_CONFIG_FILE"]),
-                os.environ["EV_MODULE"],
-                Path(os.environ["EV_PREFIX"]),
-            )
-        except manager.ManagerRefused as exc:
-            raise _violation(f"the manager refused the config: {exc}") from None
+        setup = Path(os.environ["FAKE_EVEREST_SETUP_FILE"]).read_text(encoding="utf-8")
+        self._setup = manager.setup_from_json(setup)
+        if self._setup.module_id != os.environ["EV_MODULE"]:
+            raise _violation(f"EV_MODULE is not {self._setup.module_id!r}")
         _record("session", module_id=self._setup.module_id)
 
 
