@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from eebus_bridge.activity import Activity, ActivityFeed
 from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.everest_module import EverestCommandSink, EverestLogHandler
 from eebus_bridge.publication import LatestValue, Publication
@@ -43,8 +44,9 @@ async def _run_sink(
     ready: threading.Event,
     latest: LatestValue[Publication],
     nursery: trio.Nursery,
+    activity: ActivityFeed | None = None,
 ) -> None:
-    sink = EverestCommandSink("grid_connection_point", call, ready, backoff=FAST)
+    sink = EverestCommandSink("grid_connection_point", call, ready, backoff=FAST, activity=activity)
     nursery.start_soon(sink.run, latest)
 
 
@@ -85,14 +87,24 @@ async def test_a_failed_call_is_logged_and_retried(caplog: pytest.LogCaptureFixt
     ready.set()
     call.failures = 2
     latest.set(limited(100.0))
+    activity = ActivityFeed()
+    seen: list[Activity] = []
+    activity.subscribe(seen.append)
     async with trio.open_nursery() as nursery:
-        await _run_sink(call, ready, latest, nursery)
+        await _run_sink(call, ready, latest, nursery, activity)
         await wait_until(lambda: len(call.sent) == 1)
         nursery.cancel_scope.cancel()
     failures = [r for r in caplog.records if "set_external_limits failed" in r.getMessage()]
     assert len(failures) == 2
     assert all(r.levelno == logging.ERROR for r in failures)
     assert "callee failed" in failures[0].getMessage()
+    name = "everest-module[grid_connection_point]"
+    assert [(a.kind, a.fields) for a in seen] == [
+        ("sink", {"sink": name, "event": "connected"}),
+        ("delivery", {"sink": name, "version": 1, "ok": False, "error": "callee failed"}),
+        ("delivery", {"sink": name, "version": 1, "ok": False, "error": "callee failed"}),
+        ("delivery", {"sink": name, "version": 1, "ok": True, "error": None}),
+    ]
 
 
 async def test_an_invalid_object_is_never_sent(caplog: pytest.LogCaptureFixture) -> None:

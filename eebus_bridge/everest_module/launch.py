@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config, ConfigError
 from eebus_bridge.everest_module.log_handler import log_to_everest
@@ -100,8 +101,9 @@ def run_module() -> int:
     def call(limits: dict[str, Any]) -> None:
         module.call_command(connection, SET_EXTERNAL_LIMITS, {"value": limits})
 
-    sink = EverestCommandSink(str(connection.module_id), call, ready)
-    trio.run(_run_bridge_until_signal, config, [sink])
+    activity = ActivityFeed()
+    sink = EverestCommandSink(str(connection.module_id), call, ready, activity=activity)
+    trio.run(_run_bridge_until_signal, config, [sink], activity)
     return EXIT_OK
 
 
@@ -112,7 +114,9 @@ async def _until_signal() -> None:
             return
 
 
-async def _run_bridge_until_signal(config: Config, sinks: Sequence[EverestCommandSink]) -> None:
+async def _run_bridge_until_signal(
+    config: Config, sinks: Sequence[EverestCommandSink], activity: ActivityFeed
+) -> None:
     # Imported here: the runtime pulls in grpclib and trio-asyncio, which an idle module with
     # an invalid config never needs.
     import trio_asyncio
@@ -138,7 +142,7 @@ async def _run_bridge_until_signal(config: Config, sinks: Sequence[EverestComman
             backoff.connected()
             try:
                 async with trio_asyncio.open_loop():
-                    await Bridge(config, extra_sinks=sinks).run()
+                    await Bridge(config, activity=activity, extra_sinks=sinks).run()
             except Exception:
                 delay = backoff.next_delay()
                 log.exception("the bridge failed unexpectedly; restarting it in %.1f s", delay)

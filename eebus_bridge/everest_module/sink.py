@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed, record_delivery
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.external_limits import external_limits_problems
@@ -44,8 +45,10 @@ class EverestCommandSink:
         ready: threading.Event,
         *,
         backoff: BackoffPolicy | None = None,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.name = f"everest-module[{target}]"
+        self.activity = activity if activity is not None else ActivityFeed()
         self._call = call
         self._ready = ready
         self._backoff_policy = backoff
@@ -55,6 +58,7 @@ class EverestCommandSink:
             log.info("%s: waiting for EVerest's ready signal before sending limits", self.name)
             await trio.to_thread.run_sync(self._ready.wait, abandon_on_cancel=True)
             log.info("%s: EVerest is ready", self.name)
+        self.activity.record("sink", sink=self.name, event="connected")
         backoff = Backoff(self._backoff_policy)
         delivered = 0
         while True:
@@ -75,6 +79,7 @@ class EverestCommandSink:
                     abandon_on_cancel=True,
                 )
             except Exception as exc:  # everestpy raises RuntimeError; anything else is as bad
+                record_delivery(self.activity, self.name, version, str(exc))
                 delay = backoff.next_delay()
                 log.error(
                     "%s: %s failed (%s): %s; retrying in %.1f s",
@@ -88,4 +93,5 @@ class EverestCommandSink:
                 continue  # the newest publication then, which may be newer than this one
             backoff.reset()
             delivered = version
+            record_delivery(self.activity, self.name, version, None)
             log.info("%s: sent %s (%s)", self.name, publication.summary(), publication.state)
