@@ -151,14 +151,25 @@ async def test_invalid_config_logs_every_problem_and_stays_idle(
 
 
 async def test_sigterm_ends_the_module_while_a_call_blocks(tmp_path: Path, prefix: Path) -> None:
-    # External sidecar that is not there: the Init limit is still published, and the callee
-    # never answers (everestpy blocks up to 300 s).
-    config = _config(manage_eebus_grpc_api_binary=False)
+    """The worst case: the callee never answers (everestpy blocks up to 300 s) and the sidecar
+    ignores SIGTERM like the real one. The sidecar is a wrapper in the module's folder, named
+    by a relative eebus_grpc_api_binary_path (the C++ path rule)."""
+    wrapper = module_dir(prefix) / "test-sidecar.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec {SIMULATOR} "$@" -ignore-sigterm\n')
+    wrapper.chmod(0o755)
+    config = _config(eebus_grpc_api_binary_path="test-sidecar.sh")
     env = {"FAKE_EVEREST_COMMAND_DELAY_S": "600"}
     async with launched_module(tmp_path, prefix, config, env=env) as module:
         await wait_until(lambda: bool(module.records("call_started")), limit_s=30)
+        await wait_until(
+            lambda: any("Service started" in m for m in module.logged()), limit_s=30
+        )  # from now on the simulated sidecar ignores SIGTERM
+        (sidecar,) = module.watch_sidecars()
         took = await _sigterm_and_wait(module)
-        assert took < 2.0 + 0.5, module.output()
+        assert took < 2.0 + 0.5, (took, module.output())
+        assert not alive(sidecar), module.output()
+        assert group_members(sidecar) == []
+    assert module.records("call_command") == []  # the one call never returned
     assert module.records("violation") == []
 
 

@@ -65,7 +65,8 @@ def run_module() -> int:
     if isinstance(level, str) and level in LEVELS:
         log_to_everest(everest_log, level)
     paths = ModulePaths(etc=Path(module.info.paths.etc), libexec=Path(module.info.paths.libexec))
-    connections = list(setup.connections.get(REQUIREMENT, []))
+    # Indexing and `in` only: everestpy's mappings are bound C++ maps, not necessarily dicts.
+    connections = list(setup.connections[REQUIREMENT]) if REQUIREMENT in setup.connections else []
 
     config: Config | None = None
     problems: list[str] = []
