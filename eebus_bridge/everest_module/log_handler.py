@@ -56,3 +56,4 @@ def log_to_everest(everest_log: EverestLog, level: str) -> None:
         root.removeHandler(handler)
     root.addHandler(EverestLogHandler(everest_log))
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings too, instead of the module's bare stderr
