@@ -23,6 +23,7 @@ from eebus_bridge.everest_module import (
     manifest_text,
     split_ski_allowlist,
 )
+from eebus_bridge.everest_module.launch import check_module_setup
 from tests._bridge_fixtures import EG_SKI, OTHER_SKI, ROOT
 from tests._everest_module import manager, module_dir
 
@@ -351,3 +352,20 @@ def test_warnings_name_module_keys(paths: ModulePaths) -> None:
         w.startswith("eebus_ems_ski_allowlist is empty and accept_unknown_ems is false")
         for w in empty
     ), empty
+
+
+def test_module_setup_needs_exactly_one_connection_and_reads_the_log_level(
+    paths: ModulePaths,
+) -> None:
+    config = {**defaults(), **DEVICE, "log_level": "debug"}
+    start = check_module_setup(config, ["node"], paths)
+    assert start.config is not None
+    assert start.log_level == "debug"
+    for connections in ([], ["a", "b"]):
+        start = check_module_setup({**config, "vendor_code": ""}, connections, paths)
+        assert start.config is None
+        assert start.problems == (
+            "vendor_code: must not be empty",
+            "eebus_energy_sink: needs exactly one connection (an EnergyNode's external_limits), "
+            f"got {len(connections)}",
+        )

@@ -4,8 +4,8 @@ The package data manifest.yaml and module.py are what EVerest sees; `eebus-bridg
 everest-module install` copies them into `<prefix>/libexec/everest/modules/PyEebusBridge/`.
 The bridge then runs inside that module process and hands each ExternalLimits to the EnergyNode
 connected to `eebus_energy_sink`, exactly as the C++ EEBUS module does (spec/everest.md,
-"Being launched by EVerest"). Nothing here imports everestpy at import time: only module.py's
-run does, and only EVerest provides it.
+"Being launched by EVerest"). Only module.py imports everestpy (only EVerest provides it); the
+package never imports module.py.
 """
 
 from eebus_bridge.everest_module.install import (

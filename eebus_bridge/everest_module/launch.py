@@ -1,18 +1,20 @@
-"""What module.py runs: the everestpy start-up dance, then the bridge in this process.
+"""What module.py runs after the everestpy start-up: the bridge in this process, or idling.
 
-Order (spec/everest.md, "everestpy, as Python modules use it"):
+module.py holds the everestpy sequence itself, so that it reads like any EVerest Python module
+(spec/everest.md, "everestpy, as Python modules use it"):
 1. RuntimeSession, Module, say_hello: the module config (defaults applied by the manager) and
-   the connection of `eebus_energy_sink`.
-2. Our logs go to everestpy's `log` from here on (the sidecar's lines too).
-3. The config is translated and checked; then init_done, with a callback that opens the gate
-   of the sink. init_done is called even for an invalid config: the manager waits for every
-   module to be ready, so not calling it would stall the whole charger.
-4. Valid config: the bridge runs with Trio in this main thread until SIGTERM/SIGINT (exit 0).
-   Invalid config: every problem is logged and the module stays idle until SIGTERM, publishing
-   nothing, like the C++ module. It never exits by itself: an exiting module is a crash, and the
-   manager then stops every module of the charger.
-An unexpected failure of the bridge is logged and the bridge restarted with backoff, for the
-same reason.
+   the connection of `eebus_energy_sink`; our logs (the sidecar's lines too) go to everestpy's
+   `log` from then on.
+2. `check_module_setup` translates and checks the config (all problems at once).
+3. init_done, with a callback that opens the gate of the sink. It is called even for an
+   invalid config: the manager waits for every module to be ready, so not calling it would
+   stall the whole charger.
+4. Valid config, `run_bridge`: the bridge runs with Trio in the main thread until SIGTERM or
+   SIGINT (exit 0). Invalid config, `run_idle`: every problem is logged and the module stays
+   idle until SIGTERM, sending nothing, like the C++ module.
+The module never exits by itself: an exiting module is a crash, and the manager then stops
+every module of the charger. So an unexpected failure of the bridge is logged and the bridge
+restarted with backoff.
 """
 
 from __future__ import annotations
@@ -20,90 +22,88 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config, ConfigError
-from eebus_bridge.everest_module.log_handler import log_to_everest
 from eebus_bridge.everest_module.module_config import ModulePaths, config_from_module_config
-from eebus_bridge.everest_module.sink import SET_EXTERNAL_LIMITS, EverestCommandSink
+from eebus_bridge.everest_module.sink import EverestCommandSink, LimitsCall
 from eebus_bridge.logs import LEVELS
 
 log = logging.getLogger("eebus_bridge.everest_module")
 
 REQUIREMENT = "eebus_energy_sink"
 EXIT_OK = 0
-EXIT_NO_EVERESTPY = 1
 _RESTART_POLICY = BackoffPolicy(initial_s=1.0, maximum_s=60.0, healthy_s=60.0)
 
 
-def run_module() -> int:
-    """The module's whole life; returns 0 after SIGTERM/SIGINT."""
-    try:
-        from everest.framework import Module, RuntimeSession
-        from everest.framework import log as everest_log
-    except ImportError as exc:
-        # Only possible outside EVerest (or with a broken install): nobody to tell but stderr.
-        print(
-            f"PyEebusBridge: cannot import everestpy ({exc}); EVerest's manager starts this "
-            "module with everestpy on PYTHONPATH",
-            file=sys.stderr,
-        )
-        return EXIT_NO_EVERESTPY
-    log_to_everest(everest_log, "info")
-    module = Module(RuntimeSession())
-    setup = module.say_hello()
-    module_config: Mapping[str, Any] = dict(setup.configs.module)
-    level = module_config.get("log_level")
-    if isinstance(level, str) and level in LEVELS:
-        log_to_everest(everest_log, level)
-    paths = ModulePaths(etc=Path(module.info.paths.etc), libexec=Path(module.info.paths.libexec))
-    # Indexing and `in` only: everestpy's mappings are bound C++ maps, not necessarily dicts.
-    connections = list(setup.connections[REQUIREMENT]) if REQUIREMENT in setup.connections else []
+@attrs.frozen
+class ModuleStart:
+    """What the module config and connections allow: a Config, or the problems that forbid one."""
 
-    config: Config | None = None
+    config: Config | None
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    log_level: str = "info"
+
+
+def check_module_setup(
+    module_config: Mapping[str, Any], connections: Sequence[object], paths: ModulePaths
+) -> ModuleStart:
+    """Translate the module config (say_hello's) and check the eebus_energy_sink connections."""
+    level = module_config.get("log_level")
+    log_level = level if isinstance(level, str) and level in LEVELS else "info"
     problems: list[str] = []
+    config: Config | None = None
+    warnings: tuple[str, ...] = ()
     try:
         loaded = config_from_module_config(module_config, paths)
     except ConfigError as exc:
         problems.extend(exc.problems)
     else:
-        config = loaded.config
-        for warning in loaded.warnings:
-            log.warning("config: %s", warning)
-    if len(connections) != 1:
+        config, warnings = loaded.config, loaded.warnings
+    if len(connections) != 1:  # the manager enforces this already; a bad manifest would not
         problems.append(
             f"{REQUIREMENT}: needs exactly one connection (an EnergyNode's external_limits), "
             f"got {len(connections)}"
         )
+    if problems:
+        return ModuleStart(config=None, problems=tuple(problems), log_level=log_level)
+    return ModuleStart(config=config, warnings=warnings, log_level=log_level)
 
-    ready = threading.Event()
-    module.init_done(ready.set)  # on_ready runs on a framework thread once all modules are ready
-    if config is None or problems:
-        for problem in problems:
-            log.error("config: %s", problem)
-        log.error(
-            "invalid module config (%d problem(s)): the module stays idle and sends no limits; "
-            "fix config.yaml and restart EVerest",
-            len(problems),
-        )
-        trio.run(_until_signal)
-        return EXIT_OK
 
-    connection = connections[0]
+def run_idle(start: ModuleStart) -> int:
+    """Invalid config: log every problem, send nothing, stay up until SIGTERM (then 0)."""
+    for problem in start.problems:
+        log.error("config: %s", problem)
+    log.error(
+        "invalid module config (%d problem(s)): the module stays idle and sends no limits; "
+        "fix config.yaml and restart EVerest",
+        len(start.problems),
+    )
+    trio.run(_until_signal)
+    return EXIT_OK
 
-    def call(limits: dict[str, Any]) -> None:
-        module.call_command(connection, SET_EXTERNAL_LIMITS, {"value": limits})
 
+def run_bridge(
+    config: Config,
+    call: LimitsCall,
+    target: str,
+    ready: threading.Event,
+    *,
+    warnings: Sequence[str] = (),
+) -> int:
+    """The bridge in this process, delivering through `call` once `ready`; 0 after SIGTERM."""
+    for warning in warnings:
+        log.warning("config: %s", warning)
     activity = ActivityFeed()
-    sink = EverestCommandSink(str(connection.module_id), call, ready, activity=activity)
+    sink = EverestCommandSink(target, call, ready, activity=activity)
     trio.run(_run_bridge_until_signal, config, [sink], activity)
     return EXIT_OK
 
