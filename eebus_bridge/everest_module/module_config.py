@@ -136,11 +136,13 @@ def config_from_module_config(module_config: Mapping[str, Any], paths: ModulePat
     if "state_file" in values:
         values["state_file"] = _resolved(values["state_file"], paths.etc / "certs")
 
-    document: dict[str, dict[str, Any]] = {}
+    document: dict[str, Any] = {"device": {}}  # [device] is required even when all is missing
     for module_key, value in values.items():
-        section, name = _CONFIG_KEYS[module_key].split(".")
-        document.setdefault(section, {})[name] = value
-    document.setdefault("device", {})
+        *tables, name = _CONFIG_KEYS[module_key].split(".")
+        table = document
+        for part in tables:
+            table = table.setdefault(part, {})
+        table[name] = value
     loaded: LoadedConfig | None = None
     try:
         loaded = config_from_document(document, paths.etc, outputs_required=False)
