@@ -183,8 +183,9 @@ async def test_failed_calls_are_retried_with_backoff(tmp_path: Path, prefix: Pat
         (done,) = module.records("call_command")
         started = [r["time"] for r in module.records("call_started")]
         assert len(started) == 3
-        # The delay grows: initial 0.5 s, then doubled (+-20 % jitter each).
-        assert 0.3 < started[1] - started[0] < started[2] - started[1]
+        # The delay grows: initial 0.5 s, then doubled (-20 % jitter at most; load only adds).
+        assert started[1] - started[0] >= 0.4
+        assert started[2] - started[1] >= 0.8
         assert (
             done["args"]["value"]["schedule_import"][0]["limits_to_root"]["total_power_W"]["value"]
             == 4200.0
