@@ -87,14 +87,15 @@ async def test_controlbox_limit_reaches_set_external_limits(tmp_path: Path, pref
             return [c for c in calls if len(c["args"]["value"]["schedule_import"]) == 2]
 
         await wait_until(lambda: bool(limited()), limit_s=40)
-        assert len(module.sidecars) == 1, (module.sidecars, module.output())
-        (sidecar,) = module.sidecars
-        assert alive(sidecar)
+        (running,) = module.watch_sidecars()
         took = await _sigterm_and_wait(module)
         # 2 s budget, margin for a loaded machine
         assert took < 2.0 + 0.5, (took, module.output())
-        assert not alive(sidecar), module.output()
-        assert group_members(sidecar) == [], module.output()
+        # No sidecar left: the running one and any earlier one (a restart under heavy load).
+        assert running in module.sidecars
+        for sidecar in module.sidecars:
+            assert not alive(sidecar), module.output()
+            assert group_members(sidecar) == [], module.output()
 
     assert module.records("violation") == [], module.output()
     # Nothing before the ready callback: the Init limit waited for it.
