@@ -271,6 +271,15 @@ def test_unmanaged_sidecar_ignores_the_three_paths(paths: ModulePaths, tmp_path:
         private_key_path=str(blocker / "key"),
     ).config
     assert config.sidecar.manage is False
+    # Even when the bridge's stand-in defaults for them could not be used.
+    paths.etc.parent.mkdir(parents=True)
+    paths.etc.write_text("not a folder")
+    state_file = str(tmp_path / "state.json")
+    unmanaged = translate(paths, manage_eebus_grpc_api_binary=False, state_file=state_file)
+    assert unmanaged.config.sidecar.manage is False
+    with pytest.raises(ConfigError) as error:
+        translate(paths, state_file=state_file)
+    assert error.value.problems[0].startswith("certificate_path: cannot create")
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,13 @@ def config_from_module_config(module_config: Mapping[str, Any], paths: ModulePat
         ):
             if key in values:
                 values[key] = _resolved(values[key], base)
-    else:  # the C++ module ignores them: let the defaults stand in, report nothing about them
+    else:
+        # The C++ module ignores them, and so does the bridge: it starts no sidecar, so it uses
+        # no certificate, key or binary. os.devnull always exists, so these stand-ins give the
+        # loader's location checks nothing to report; the binary stays at its (unchecked) default.
         for key in _SIDECAR_FILE_KEYS:
             values.pop(key, None)
+        values["certificate_path"] = values["private_key_path"] = os.devnull
     if "state_file" in values:
         values["state_file"] = _resolved(values["state_file"], paths.etc / "certs")
 
@@ -143,15 +147,23 @@ def config_from_module_config(module_config: Mapping[str, Any], paths: ModulePat
         for part in tables:
             table = table.setdefault(part, {})
         table[name] = value
+    # Unmanaged, lines about the three ignored keys (a warning that /dev/null is readable by
+    # others) are about nothing the integrator wrote.
+    ignored = () if managed is True else _SIDECAR_FILE_KEYS
     loaded: LoadedConfig | None = None
     try:
         loaded = config_from_document(document, paths.etc, outputs_required=False)
     except ConfigError as exc:
-        problems.extend(module_key_names(problem) for problem in exc.problems)
+        problems.extend(_renamed(exc.problems, ignored))
     if problems or loaded is None:  # a missing key may be reported by both passes: once each
         raise ConfigError(list(dict.fromkeys(problems)))
-    warnings.extend(module_key_names(warning) for warning in loaded.warnings)
+    warnings.extend(_renamed(loaded.warnings, ignored))
     return attrs.evolve(loaded, warnings=tuple(warnings))
+
+
+def _renamed(lines: Iterable[str], ignored: tuple[str, ...]) -> list[str]:
+    renamed = (module_key_names(line) for line in lines)
+    return [line for line in renamed if not line.startswith(ignored)]
 
 
 def module_key_names(line: str) -> str:
