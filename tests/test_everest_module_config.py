@@ -378,3 +378,18 @@ def test_module_setup_needs_exactly_one_connection_and_reads_the_log_level(
             "eebus_energy_sink: needs exactly one connection (an EnergyNode's external_limits), "
             f"got {len(connections)}",
         )
+
+
+def test_module_setup_checks_the_certificate_pair_when_the_sidecar_is_managed(
+    paths: ModulePaths,
+) -> None:
+    certificate = paths.etc / "certs" / "eebus" / "evse_cert"
+    certificate.parent.mkdir(parents=True)
+    certificate.write_text("not a certificate")
+    config = {**defaults(), **DEVICE}
+    start = check_module_setup(config, ["node"], paths)
+    assert start.config is None
+    assert len(start.problems) == 1
+    assert start.problems[0].startswith("private_key_path: "), start.problems
+    unmanaged = {**config, "manage_eebus_grpc_api_binary": False}
+    assert check_module_setup(unmanaged, ["node"], paths).config is not None

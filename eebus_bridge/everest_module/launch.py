@@ -32,9 +32,14 @@ import trio
 from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config, ConfigError
-from eebus_bridge.everest_module.module_config import ModulePaths, config_from_module_config
+from eebus_bridge.everest_module.module_config import (
+    ModulePaths,
+    config_from_module_config,
+    module_key_names,
+)
 from eebus_bridge.everest_module.sink import EverestCommandSink, LimitsCall
 from eebus_bridge.logs import LEVELS
+from eebus_bridge.pairing.device import check_device_pair
 
 log = logging.getLogger("eebus_bridge.everest_module")
 
@@ -68,6 +73,10 @@ def check_module_setup(
         problems.extend(exc.problems)
     else:
         config, warnings = loaded.config, loaded.warnings
+        if config.sidecar.manage:  # unmanaged, the C++ module ignores certificate and key
+            # As `eebus-bridge run` does: a broken pair would make the sidecar exit at start.
+            pair = check_device_pair(config)
+            problems.extend(module_key_names(problem) for problem in pair.problems)
     if len(connections) != 1:  # the manager enforces this already; a bad manifest would not
         problems.append(
             f"{REQUIREMENT}: needs exactly one connection (an EnergyNode's external_limits), "
