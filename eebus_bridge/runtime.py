@@ -179,24 +179,24 @@ async def _exit_on_signal(cancel_scope: trio.CancelScope) -> None:
             return
 
 
-async def _main(config: Config, extra_sinks: Sequence[Sink]) -> None:
+async def _main(config: Config) -> None:
     # Everything imported and built so far lives as long as the process: keep it out of the
     # garbage collector's full passes (a 20 ms pause each) that would otherwise delay answers.
     gc.collect()
     gc.freeze()
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         nursery.start_soon(_exit_on_signal, nursery.cancel_scope)
-        await Bridge(config, extra_sinks=extra_sinks).run()
+        await Bridge(config).run()
 
 
-def run_bridge(config: Config, *, extra_sinks: Sequence[Sink] = ()) -> int:
+def run_bridge(config: Config) -> int:
     """Run until SIGINT/SIGTERM; 0 after a clean shutdown."""
     log.info(
         "eebus-bridge starting: sidecar %s on port %d, %d output(s)",
         "managed" if config.sidecar.manage else "external",
         config.eebus.grpc_port,
-        len(config.outputs) + len(extra_sinks),
+        len(config.outputs),
     )
-    trio.run(_main, config, extra_sinks)
+    trio.run(_main, config)
     log.info("eebus-bridge stopped")
     return 0
