@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         # values given before the command when they are not repeated here.
         _add_logging_options(sub, defaults=False)
         sub.set_defaults(command=command)
+    _add_everest_module_commands(commands)
     _add_pairing_commands(commands)
     _add_history_commands(commands)
     return parser
@@ -236,6 +237,61 @@ def _run(args: argparse.Namespace) -> int:
     from eebus_bridge.runtime import run_bridge
 
     return run_bridge(loaded.config)
+
+
+# --------------------------------------------------------------------------- everest-module
+
+
+def _add_everest_module_commands(commands: Any) -> None:
+    """`everest-module install|manifest`: the bridge as a module EVerest's manager launches."""
+    group = commands.add_parser(
+        "everest-module",
+        help="install the PyEebusBridge EVerest module, or print its manifest",
+        description="The bridge as an EVerest module that replaces the C++ EEBUS module.",
+    )
+    _add_logging_options(group, defaults=False)
+    verbs = group.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    install = verbs.add_parser(
+        "install",
+        help="write <prefix>/libexec/everest/modules/<NAME>/ and print the config.yaml snippet",
+        description="Write manifest.yaml, module.py and a .venv link to this environment "
+        "into <prefix>/libexec/everest/modules/<NAME>/.",
+    )
+    install.add_argument(
+        "--prefix", type=Path, required=True, help="EVerest's install prefix (e.g. /usr)"
+    )
+    install.add_argument("--name", default="PyEebusBridge", help="module name (PyEebusBridge)")
+    install.add_argument(
+        "--force", action="store_true", help="replace the module's files if they exist"
+    )
+    install.set_defaults(command=_everest_module_install)
+    manifest = verbs.add_parser("manifest", help="print the module's manifest.yaml")
+    manifest.set_defaults(command=_everest_module_manifest)
+
+
+def _everest_module_install(args: argparse.Namespace) -> int:
+    from eebus_bridge.everest_module import InstallError, config_snippet, install_module
+
+    try:
+        result = install_module(args.prefix, name=args.name, force=args.force)
+    except InstallError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"# installed {result.module_dir}")
+    if result.venv_link is not None:
+        print(f"# {result.venv_link} -> {result.venv_link.readlink()}")
+    print(config_snippet(args.name), end="")
+    return EXIT_OK
+
+
+def _everest_module_manifest(_args: argparse.Namespace) -> int:
+    from eebus_bridge.everest_module import manifest_text
+
+    print(manifest_text(), end="")
+    return EXIT_OK
 
 
 def _cert_create(args: argparse.Namespace) -> int:

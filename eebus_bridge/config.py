@@ -221,7 +221,21 @@ def load_config(path: Path) -> LoadedConfig:
     Raises ConfigError listing every problem found; warnings come back with the config.
     """
     source, document = _read_document(path)
-    base_dir = source.parent
+    return config_from_document(document, source.parent, source=source)
+
+
+def config_from_document(
+    document: Mapping[str, Any],
+    base_dir: Path,
+    *,
+    source: Path | None = None,
+    outputs_required: bool = True,
+) -> LoadedConfig:
+    """Check and complete a parsed config (TOML data); relative paths count from `base_dir`.
+
+    Without `outputs_required`, a document without [[output]] gives a config with no outputs:
+    the EVerest module brings its own sink.
+    """
     report = _Report()
 
     device = _structure_section(document, "device", DeviceConfig, report, required=True)
@@ -234,7 +248,7 @@ def load_config(path: Path) -> LoadedConfig:
         lpc = _finish_lpc(lpc, base_dir, report)
     outputs = [
         _finish_output(output, key, base_dir, report)
-        for key, output in _structure_outputs(document, report)
+        for key, output in _structure_outputs(document, report, required=outputs_required)
     ]
     history = _structure_section(document, "history", HistoryConfig, report)
     if history is not None and lpc is not None:
@@ -701,7 +715,7 @@ _CONVERTER = _strict_converter()
 
 
 def _structure_section(
-    document: dict[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
+    document: Mapping[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
 ) -> _T | None:
     """The top-level table `key` as `cls`, or None after reporting its problems."""
     if required and key not in document:
@@ -718,8 +732,12 @@ def _structure(raw: Any, cls: type[_T], key: str, report: _Report) -> _T | None:
         return None
 
 
-def _structure_outputs(document: dict[str, Any], report: _Report) -> list[tuple[str, OutputConfig]]:
+def _structure_outputs(
+    document: Mapping[str, Any], report: _Report, *, required: bool = True
+) -> list[tuple[str, OutputConfig]]:
     """(key path, output) for every [[output]] table that structured cleanly."""
+    if not required and "output" not in document:
+        return []
     raw = document.get("output", [])
     if not isinstance(raw, list):
         report.add("output", f"must be an array of tables ([[output]]), got {_describe(raw)}")

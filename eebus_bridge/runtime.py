@@ -22,7 +22,7 @@ import gc
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 import trio_asyncio
@@ -90,7 +90,9 @@ class Bridge:
         *,
         publications: LatestValue[Publication] | None = None,
         activity: ActivityFeed | None = None,
+        extra_sinks: Sequence[Sink] = (),
     ) -> None:
+        """`extra_sinks` deliver besides the config's outputs (the EVerest module's own sink)."""
         self.config = config
         self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
@@ -99,6 +101,7 @@ class Bridge:
         self.sinks: list[Sink] = [
             make_sink(output, config.lpc, activity=self.activity) for output in config.outputs
         ]
+        self.sinks.extend(extra_sinks)
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
         self.history: HistoryStore | None = None
