@@ -250,6 +250,20 @@ def test_managed_relative_paths_follow_the_cpp_rules(paths: ModulePaths) -> None
     assert config.lpc.state_file == paths.etc / "certs" / "eebus" / "lpc_state.json"
 
 
+def test_history_keys_map_to_the_history_section(paths: ModulePaths) -> None:
+    default = translate(paths).config
+    assert default.history.enabled is True
+    assert default.history.retention_days == 400
+    assert default.history_path == paths.etc / "certs" / "eebus" / "history.sqlite3"
+    chosen = translate(
+        paths, history_enabled=False, history_path="logs/h.db", history_retention_days=30
+    ).config
+    assert chosen.history.enabled is False
+    assert chosen.history_path == paths.etc / "certs" / "logs" / "h.db"
+    assert chosen.history.retention_days == 30
+    assert problems_of(paths, history_retention_days=0)[0].startswith("history_retention_days:")
+
+
 def test_managed_binary_must_exist_and_be_executable(paths: ModulePaths) -> None:
     assert problems_of(paths, eebus_grpc_api_binary_path="bin/missing") == [
         f"eebus_grpc_api_binary_path: {paths.libexec / 'bin' / 'missing'} does not exist"

@@ -21,7 +21,8 @@ The C++ module's rules, kept exactly:
 
 Where the spec is silent:
 - A relative `state_file` (ours) resolves like the certificate, under `<prefix>/etc/everest/certs/`,
-  so the EEBUS identity and the failsafe values the control box wrote live in one folder.
+  so the EEBUS identity and the failsafe values the control box wrote live in one folder; so does
+  a relative `history_path`, and an empty one means `history.sqlite3` next to the state file.
 - Every problem and warning names the module's key (`vendor_code: must not be empty`), never
   the TOML key path it maps to, because config.yaml is what the integrator edits.
 - Unknown keys give a warning, like EVerest's manager.
@@ -69,6 +70,9 @@ EXTRA_MODULE_KEYS: dict[str, str | None] = {
     "state_file": "lpc.state_file",
     "heartbeat_timeout_s": "eebus.heartbeat_timeout_s",
     "rpc_timeout_s": "eebus.rpc_timeout_s",
+    "history_enabled": "history.enabled",
+    "history_path": "history.path",
+    "history_retention_days": "history.retention_days",
     "log_level": None,
 }
 
@@ -139,6 +143,10 @@ def config_from_module_config(module_config: Mapping[str, Any], paths: ModulePat
         values["certificate_path"] = values["private_key_path"] = os.devnull
     if "state_file" in values:
         values["state_file"] = _resolved(values["state_file"], paths.etc / "certs")
+    if values.get("history_path") == "":
+        del values["history_path"]  # "" = the default: history.sqlite3 next to state_file
+    elif "history_path" in values:
+        values["history_path"] = _resolved(values["history_path"], paths.etc / "certs")
 
     document: dict[str, Any] = {"device": {}}  # [device] is required even when all is missing
     for module_key, value in values.items():
