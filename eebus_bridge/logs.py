@@ -28,11 +28,10 @@ class _StderrHandler(logging.Handler):
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-            datefmt="%Y-%m-%d %H:%M:%S",
-        )
+    def __init__(
+        self, fmt: str = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+    ) -> None:
+        super().__init__(fmt, datefmt="%Y-%m-%d %H:%M:%S")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -67,6 +66,11 @@ def emergency_line(logger_name: str, level: int, message: str) -> bytes:
         if isinstance(handler, _StderrHandler) and handler.formatter is not None:
             formatter = handler.formatter
     return (formatter.format(record) + "\n").encode("utf-8", "replace")
+
+
+def message_formatter() -> logging.Formatter:
+    """Text lines without time and level, for a log that adds its own (EVerest's)."""
+    return _TextFormatter("%(name)s: %(message)s")
 
 
 def setup_logging(level: str, fmt: Literal["text", "json"]) -> None:
