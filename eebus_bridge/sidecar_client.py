@@ -8,6 +8,19 @@ seconds, and two exception types: `SidecarRpcError` (the sidecar answered with a
 
 Every unary call has a deadline (rpc_timeout_s): a hung sidecar must surface as an error instead
 of freezing the bridge (stack-notes: grpclib never notices a stopped server by itself).
+
+Use-case events are dispatched where they arrive, on the asyncio side (`run_use_case_events`),
+so that the value an event announces is read without crossing back to Trio first. Each event
+takes one of three lanes, chosen by the caller's `EventLanes.route` (plain, synchronous code):
+
+- apply: no read needed (heartbeats, support updates); handed over at once;
+- data: one asyncio task reads the announced values one at a time, in arrival order, and hands
+  each over with its value. A read that is already queued for the same event and SKI is not
+  queued twice (it will return the newest value anyway), so the queue stays small;
+- approval: every WriteApprovalRequired gets its own asyncio task that reads the pending
+  writes, asks `EventLanes.decide` and sends the answers. It never waits for the data lane or
+  any other RPC in flight; each RPC keeps its own deadline [spec/lpc.md: every pending write
+  gets an answer well within 10 s, also while other work is in flight].
 """
 
 from __future__ import annotations
@@ -16,10 +29,13 @@ from __future__ import annotations
 # on Python >= 3.12 only trio_asyncio's replacement of it sees trio-asyncio's loop.
 import trio_asyncio  # isort: skip
 
+import asyncio
+import enum
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import grpclib.client
@@ -29,7 +45,7 @@ from grpclib.const import Cardinality, Status
 
 from eebus_bridge.generated import common_types, cs_lpc
 from eebus_bridge.generated import control_service as cs
-from eebus_bridge.lpc import SidecarLimit
+from eebus_bridge.lpc import Answer, SidecarLimit
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +91,78 @@ class DiscoveryEvent:
     is_trusted: bool
     brand: str
     model: str
+
+
+class EventRoute(enum.Enum):
+    """Where a use-case event goes (see the module docstring)."""
+
+    DROP = "drop"
+    APPLY = "apply"
+    DATA = "data"
+    APPROVAL = "approval"
+
+
+# The read each data event announces (spec/wire.md, events table).
+DATA_READS: dict[str, str] = {
+    "DataUpdateLimit": "ConsumptionLimit",
+    "DataUpdateFailsafeConsumptionActivePowerLimit": "FailsafeConsumptionActivePowerLimit",
+    "DataUpdateFailsafeDurationMinimum": "FailsafeDurationMinimum",
+}
+
+EventValue = SidecarLimit | float | None
+PendingWrites = Sequence[tuple[int, SidecarLimit]]
+
+
+class EventLanes(Protocol):
+    """What the event lanes ask of their owner; every method is synchronous and is called on
+    the asyncio side of the island (the Trio thread)."""
+
+    def route(self, event: UseCaseEvent) -> EventRoute:
+        """Choose the lane; DROP ends the event here, before any RPC."""
+
+    def apply(self, event: UseCaseEvent, value: EventValue) -> None:
+        """Hand over an event with the value read for it (None on the apply lane)."""
+
+    def needs_heartbeat_check(self) -> bool:
+        """True when the answer to a write may depend on IsHeartbeatWithinDuration."""
+
+    def decide(
+        self, event: UseCaseEvent, pending: PendingWrites, heartbeat_within: bool | None
+    ) -> list[Answer]:
+        """The answers to these pending writes."""
+
+    def rpc_refused(self, event: UseCaseEvent, error: SidecarRpcError) -> None:
+        """A read or answer for this event got an error status (logged; the lane goes on)."""
+
+
+class _ReadQueue:
+    """The data lane's queue (asyncio side): arrival order, one entry per (event, SKI)."""
+
+    def __init__(self) -> None:
+        self._items: deque[UseCaseEvent] = deque()
+        self._queued: set[UseCaseEvent] = set()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, event: UseCaseEvent) -> None:
+        """Callable from either side of the island (resolving a future only schedules)."""
+        if event in self._queued:
+            return
+        self._queued.add(event)
+        self._items.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> UseCaseEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._items.popleft()
+        self._queued.discard(event)
+        return event
 
 
 def limit_from_wire(load_limit: common_types.LoadLimit | None) -> SidecarLimit:
@@ -124,6 +212,7 @@ class SidecarClient:
         self._lpc_channel: grpclib.client.Channel | None = None
         self._control: cs.ControlServiceStub | None = None
         self._lpc: cs_lpc.ControllableSystemLpcControlStub | None = None
+        self._reads: _ReadQueue | None = None  # the data lane's queue while events stream
 
     async def __aenter__(self) -> SidecarClient:
         await trio_asyncio.aio_as_trio(self._open_control)()
@@ -151,24 +240,24 @@ class SidecarClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _call(self, rpc: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one unary RPC on the asyncio side and translate its failures."""
-
-        async def _aio() -> T:
+    @staticmethod
+    async def _aio_call(rpc: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """asyncio side: one unary RPC under grpclib's deadline, failures translated."""
+        try:
             return await fn()
+        except grpclib.exceptions.GRPCError as exc:
+            if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
+                raise SidecarUnreachable(f"{rpc}: {exc.status.name} {exc.message}") from exc
+            raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
+        except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
+            raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
 
+    async def _call(self, rpc: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one unary RPC on the asyncio side, from Trio."""
         # The grpclib deadline is the real one; the Trio bound is a backstop for a stuck loop.
-        with trio.move_on_after(self._timeout + 1.0) as backstop:
-            try:
-                result: T = await trio_asyncio.aio_as_trio(_aio)()
-                return result
-            except grpclib.exceptions.GRPCError as exc:
-                if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
-                    raise SidecarUnreachable(f"{rpc}: {exc.status.name} {exc.message}") from exc
-                raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
-            except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
-                raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
-        assert backstop.cancelled_caught
+        with trio.move_on_after(self._timeout + 1.0):
+            result: T = await trio_asyncio.aio_as_trio(self._aio_call)(rpc, fn)
+            return result
         raise SidecarUnreachable(f"{rpc}: no answer within {self._timeout + 1.0:.1f} s")
 
     def _control_stub(self) -> cs.ControlServiceStub:
@@ -255,74 +344,150 @@ class SidecarClient:
         await self._call("StartHeartbeat", lambda: self._lpc_stub().start_heartbeat())
 
     async def consumption_limit(self) -> SidecarLimit:
-        response = await self._call(
-            "ConsumptionLimit", lambda: self._lpc_stub().consumption_limit()
-        )
+        return await self._call("ConsumptionLimit", self._aio_consumption_limit)
+
+    async def _aio_consumption_limit(self) -> SidecarLimit:
+        response = await self._lpc_stub().consumption_limit()
         return limit_from_wire(response.load_limit)
 
     async def pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
-        response = await self._call(
-            "PendingConsumptionLimit", lambda: self._lpc_stub().pending_consumption_limit()
-        )
+        return await self._call("PendingConsumptionLimit", self._aio_pending_consumption_limits)
+
+    async def _aio_pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
+        response = await self._lpc_stub().pending_consumption_limit()
         return sorted((int(k), limit_from_wire(v)) for k, v in response.load_limits.items())
 
     async def approve_or_deny(self, msg_counter: int, approve: bool, reason: str) -> None:
+        await self._call(
+            "ApproveOrDenyConsumptionLimit",
+            lambda: self._aio_approve_or_deny(msg_counter, approve, reason),
+        )
+
+    async def _aio_answer(self, answer: Answer) -> None:
+        await self._aio_call(
+            "ApproveOrDenyConsumptionLimit",
+            lambda: self._aio_approve_or_deny(answer.msg_counter, answer.approve, answer.reason),
+        )
+
+    async def _aio_approve_or_deny(self, msg_counter: int, approve: bool, reason: str) -> None:
         request = cs_lpc.ApproveOrDenyConsumptionLimitRequest(
             msg_counter=msg_counter, approve=approve, reason=reason
         )
-        await self._call(
-            "ApproveOrDenyConsumptionLimit",
-            lambda: self._lpc_stub().approve_or_deny_consumption_limit(request),
-        )
+        await self._lpc_stub().approve_or_deny_consumption_limit(request)
 
     async def failsafe_limit(self) -> float:
-        response = await self._call(
-            "FailsafeConsumptionActivePowerLimit",
-            lambda: self._lpc_stub().failsafe_consumption_active_power_limit(),
-        )
+        return await self._call("FailsafeConsumptionActivePowerLimit", self._aio_failsafe_limit)
+
+    async def _aio_failsafe_limit(self) -> float:
+        response = await self._lpc_stub().failsafe_consumption_active_power_limit()
         return response.limit
 
     async def failsafe_duration(self) -> float:
-        response = await self._call(
-            "FailsafeDurationMinimum", lambda: self._lpc_stub().failsafe_duration_minimum()
-        )
+        return await self._call("FailsafeDurationMinimum", self._aio_failsafe_duration)
+
+    async def _aio_failsafe_duration(self) -> float:
+        response = await self._lpc_stub().failsafe_duration_minimum()
         return response.duration_nanoseconds / NANOSECONDS
 
     async def is_heartbeat_within_duration(self) -> bool:
-        response = await self._call(
-            "IsHeartbeatWithinDuration", lambda: self._lpc_stub().is_heartbeat_within_duration()
-        )
+        return await self._call("IsHeartbeatWithinDuration", self._aio_is_heartbeat_within)
+
+    async def _aio_is_heartbeat_within(self) -> bool:
+        response = await self._lpc_stub().is_heartbeat_within_duration()
         return response.is_within_duration
 
     # -- streams ---------------------------------------------------------------------------
 
-    async def stream_use_case_events(
-        self, out: trio.MemorySendChannel[UseCaseEvent], subscribed: trio.Event
-    ) -> None:
-        """Read SubscribeUseCaseEvents into `out`; `subscribed` is set once the request is sent.
+    def queue_rereads(self) -> None:
+        """Queue a re-read of the limit and both failsafe values on the data lane, as events
+        without a source (ski ""): after a reconnect events may have been lost, and through the
+        lane the re-reads are applied in order with the reads of live events."""
+        if self._reads is None:
+            raise SidecarUnreachable("the use-case event stream is not running")
+        for name in DATA_READS:
+            self._reads.put(UseCaseEvent(name=name, ski=""))
+
+    async def run_use_case_events(self, lanes: EventLanes, subscribed: trio.Event) -> None:
+        """Read SubscribeUseCaseEvents and dispatch every event to its lane (module docstring);
+        `subscribed` is set once the request is sent.
 
         Never returns normally: raises SidecarUnreachable/SidecarRpcError when the stream ends
-        (the real sidecar never ends it by itself).
+        (the real sidecar never ends it by itself) or a lane's RPC finds the sidecar gone.
         """
         request = cs.SubscribeUseCaseEventsRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
+        route = "/control_service.ControlService/SubscribeUseCaseEvents"
+        reads = _ReadQueue()
 
-        def convert(msg: cs.SubscribeUseCaseEventsResponse) -> UseCaseEvent:
-            event = msg.use_case_event.event if msg.use_case_event is not None else ""
-            return UseCaseEvent(name=event, ski=msg.remote_ski)
+        async def _aio() -> None:
+            if self._control_channel is None:
+                raise SidecarUnreachable("control channel is not open")
+            async with asyncio.TaskGroup() as lane_tasks:
+                lane_tasks.create_task(self._data_lane(reads, lanes))
+                async with self._control_channel.request(
+                    route,
+                    Cardinality.UNARY_STREAM,
+                    cs.SubscribeUseCaseEventsRequest,
+                    cs.SubscribeUseCaseEventsResponse,
+                ) as stream:
+                    await stream.send_message(request, end=True)
+                    self._reads = reads
+                    subscribed.set()
+                    async for message in stream:
+                        use_case_event = message.use_case_event
+                        event = UseCaseEvent(
+                            name=use_case_event.event if use_case_event is not None else "",
+                            ski=message.remote_ski,
+                        )
+                        lane = lanes.route(event)
+                        if lane is EventRoute.APPLY:
+                            lanes.apply(event, None)
+                        elif lane is EventRoute.DATA:
+                            reads.put(event)
+                        elif lane is EventRoute.APPROVAL:
+                            lane_tasks.create_task(self._approval_lane(event, lanes))
+                raise SidecarUnreachable("SubscribeUseCaseEvents: the sidecar ended the stream")
 
-        await self._stream(
-            "SubscribeUseCaseEvents",
-            request,
-            cs.SubscribeUseCaseEventsResponse,
-            convert,
-            out,
-            subscribed,
-        )
+        try:
+            await self._aio_stream("SubscribeUseCaseEvents", _aio)
+        finally:
+            self._reads = None
+
+    async def _data_lane(self, reads: _ReadQueue, lanes: EventLanes) -> None:
+        readers: dict[str, Callable[[], Awaitable[EventValue]]] = {
+            "ConsumptionLimit": self._aio_consumption_limit,
+            "FailsafeConsumptionActivePowerLimit": self._aio_failsafe_limit,
+            "FailsafeDurationMinimum": self._aio_failsafe_duration,
+        }
+        while True:
+            event = await reads.get()
+            rpc = DATA_READS[event.name]
+            try:
+                value = await self._aio_call(rpc, readers[rpc])
+            except SidecarRpcError as exc:
+                lanes.rpc_refused(event, exc)
+                continue
+            lanes.apply(event, value)
+
+    async def _approval_lane(self, event: UseCaseEvent, lanes: EventLanes) -> None:
+        try:
+            pending = await self._aio_call(
+                "PendingConsumptionLimit", self._aio_pending_consumption_limits
+            )
+            heartbeat_within: bool | None = None
+            if pending and lanes.needs_heartbeat_check():
+                heartbeat_within = await self._aio_call(
+                    "IsHeartbeatWithinDuration", self._aio_is_heartbeat_within
+                )
+            for answer in lanes.decide(event, pending, heartbeat_within):
+                await self._aio_answer(answer)
+        except SidecarRpcError as exc:
+            lanes.rpc_refused(event, exc)
 
     async def stream_discovery_events(
         self, out: trio.MemorySendChannel[DiscoveryEvent], subscribed: trio.Event
     ) -> None:
-        """Like stream_use_case_events, for SubscribeDiscoveryEvents."""
+        """Read SubscribeDiscoveryEvents into `out`; `subscribed` is set once the request is
+        sent. Never returns normally (like run_use_case_events)."""
 
         def convert(msg: cs.DiscoveryEvent) -> DiscoveryEvent:
             try:
@@ -377,10 +542,33 @@ class SidecarClient:
                     except trio.WouldBlock:
                         await send_when_full(item)
 
-        try:
-            await trio_asyncio.aio_as_trio(_aio)()
-        except grpclib.exceptions.GRPCError as exc:
-            raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
-        except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
-            raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
+        await self._aio_stream(rpc, _aio)
         raise SidecarUnreachable(f"{rpc}: the sidecar ended the stream")
+
+    @staticmethod
+    async def _aio_stream(rpc: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run a stream's asyncio side from Trio; failures translated (also out of a group of
+        lane tasks: the first sidecar failure in it is the cause, the rest are its echoes)."""
+        try:
+            await trio_asyncio.aio_as_trio(fn)()
+        except (Exception, BaseExceptionGroup) as exc:
+            failure = _stream_failure(rpc, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+
+def _stream_failure(rpc: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in exc.exceptions:
+            failure = _stream_failure(rpc, leaf)
+            if isinstance(failure, SidecarUnreachable | SidecarRpcError):
+                return failure
+        return exc
+    if isinstance(exc, SidecarUnreachable | SidecarRpcError):
+        return exc
+    if isinstance(exc, grpclib.exceptions.GRPCError):
+        return SidecarRpcError(rpc, exc.status.name, exc.message or "")
+    if isinstance(exc, TimeoutError | OSError | grpclib.exceptions.StreamTerminatedError):
+        return SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip())
+    return exc

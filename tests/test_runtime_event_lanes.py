@@ -71,7 +71,7 @@ async def test_events_without_a_valid_ski_are_dropped_before_any_rpc(
             await bridge.connected.wait()
         await sim.wait_eg_connected()
         reads_before = _reads(sim)
-        sim.overwrite_values(limit_value=1500.0, limit_active=True)
+        sim.overwrite_values(limit_value=1500.0, limit_active=True, failsafe_limit=3000.0)
         for ski in ("", "not-a-ski", "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f0", "x" * 40):
             for name in (
                 "DataUpdateLimit",
@@ -82,13 +82,15 @@ async def test_events_without_a_valid_ski_are_dropped_before_any_rpc(
                 "UseCaseSupportUpdate",
             ):
                 sim.inject_event(name, ski)
-        # A valid event after them shows the bridge has read past every malformed one.
-        sim.inject_event("DataUpdateFailsafeDurationMinimum", EG_SKI)
-        await sim.wait_for_record(
-            "cs_lpc.FailsafeDurationMinimum", start=len(sim.records), timeout=10
-        )
-        assert _reads(sim) == [*reads_before, "cs_lpc.FailsafeDurationMinimum"]
-        assert publications.states == ["Init"]
+        # A valid event after them shows the bridge has read past every malformed one; a new
+        # FCAPL in Init is published at once.
+        sim.inject_event("DataUpdateFailsafeConsumptionActivePowerLimit", EG_SKI)
+        await publications.wait_for(lambda p: p.limit_W == 3000.0, limit_s=10)
+        assert _reads(sim) == [*reads_before, "cs_lpc.FailsafeConsumptionActivePowerLimit"]
+        assert [(p.state, p.limit_W) for p in publications.history] == [
+            ("Init", 4200.0),
+            ("Init", 3000.0),
+        ]
         status = bridge.runner.engine.status(trio.current_time())
         assert status.state.value == "Init"
         assert status.active_ski == EG_SKI  # the valid event's EG, not a malformed one
