@@ -90,6 +90,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -637,6 +638,9 @@ async def _bridge_phase(
     sink_writes = SinkWrites()
     with sink_writes.installed(), bridge_log_to(workdir / "bridge.log"):
         bridge = Bridge(config, publications=RecordedPublications())
+        # As `eebus-bridge run` does after start-up: long-lived objects out of the full passes.
+        gc.collect()
+        gc.freeze()
         if endpoint:
             # The sidecar is already set up (by an earlier phase): resume on its LPC endpoint,
             # as the bridge does after a reconnect within one process.

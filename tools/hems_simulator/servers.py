@@ -24,6 +24,7 @@ from grpclib.server import Server
 from eebus_bridge.generated import control_service as cs
 from eebus_bridge.generated import cs_lpc
 from eebus_bridge.generated.common_types import LoadLimit
+from eebus_bridge.sidecar_client import CoalescingTransport
 
 from .channels import FreezeGate
 from .logs import SimLog
@@ -56,7 +57,10 @@ class AbortableServer(Server):
         def connection_made(transport: asyncio.BaseTransport) -> None:
             mine.append(transport)
             self._transports.add(transport)
-            made(transport)
+            # One segment per response instead of one per HTTP/2 frame: the simulator's own
+            # cost per RPC must stay small next to the client's it is used to measure.
+            assert isinstance(transport, asyncio.Transport)
+            made(CoalescingTransport(transport, asyncio.get_running_loop()))
 
         def connection_lost(exc: BaseException | None) -> None:
             self._transports.difference_update(mine)
