@@ -444,7 +444,7 @@ class _EventLanes:
             (counter, limit) for counter, limit in pending if (ski, counter) not in self._answered
         )
         if not new:
-            log.info("WriteApprovalRequired from %s, but nothing new is pending", ski)
+            log.debug("WriteApprovalRequired from %s: nothing new is pending", ski)
             return []
         for counter, _ in new:
             self._answered[(ski, counter)] = now

@@ -17,10 +17,12 @@ takes one of three lanes, chosen by the caller's `EventLanes.route` (plain, sync
 - data: one asyncio task reads the announced values one at a time, in arrival order, and hands
   each over with its value. A read that is already queued for the same event and SKI is not
   queued twice (it will return the newest value anyway), so the queue stays small;
-- approval: every WriteApprovalRequired gets its own asyncio task that reads the pending
-  writes, asks `EventLanes.decide` and sends the answers. It never waits for the data lane or
-  any other RPC in flight; each RPC keeps its own deadline [spec/lpc.md: every pending write
-  gets an answer well within 10 s, also while other work is in flight].
+- approval: a second asyncio task reads the pending writes after each WriteApprovalRequired
+  (again one read at a time, queued reads merged the same way: a burst of writes needs one or
+  two reads, not one each), asks `EventLanes.decide` and sends every answer in its own task.
+  It never waits for the data lane, for an answer, or for any other RPC in flight; each RPC
+  keeps its own deadline [spec/lpc.md: every pending write gets an answer well within 10 s,
+  also while other work is in flight].
 """
 
 from __future__ import annotations
@@ -472,13 +474,14 @@ class SidecarClient:
         """
         request = cs.SubscribeUseCaseEventsRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
         route = "/control_service.ControlService/SubscribeUseCaseEvents"
-        reads = _ReadQueue()
+        reads, approvals = _ReadQueue(), _ReadQueue()
 
         async def _aio() -> None:
             if self._control_channel is None:
                 raise SidecarUnreachable("control channel is not open")
             async with asyncio.TaskGroup() as lane_tasks:
                 lane_tasks.create_task(self._data_lane(reads, lanes))
+                lane_tasks.create_task(self._approval_lane(approvals, lanes, lane_tasks))
                 async with self._control_channel.request(
                     route,
                     Cardinality.UNARY_STREAM,
@@ -500,7 +503,7 @@ class SidecarClient:
                         elif lane is EventRoute.DATA:
                             reads.put(event)
                         elif lane is EventRoute.APPROVAL:
-                            lane_tasks.create_task(self._approval_lane(event, lanes))
+                            approvals.put(event)
                 raise SidecarUnreachable("SubscribeUseCaseEvents: the sidecar ended the stream")
 
         try:
@@ -524,18 +527,33 @@ class SidecarClient:
                 continue
             lanes.apply(event, value)
 
-    async def _approval_lane(self, event: UseCaseEvent, lanes: EventLanes) -> None:
-        try:
-            pending = await self._aio_call(
-                "PendingConsumptionLimit", self._aio_pending_consumption_limits
-            )
-            heartbeat_within: bool | None = None
-            if pending and lanes.needs_heartbeat_check():
-                heartbeat_within = await self._aio_call(
-                    "IsHeartbeatWithinDuration", self._aio_is_heartbeat_within
+    async def _approval_lane(
+        self, asks: _ReadQueue, lanes: EventLanes, answers: asyncio.TaskGroup
+    ) -> None:
+        """Read the pending writes for each WriteApprovalRequired (one read at a time: a burst
+        of events needs one read, not one each, and a queued read still follows any write that
+        came after the read in flight), let the engine decide, and send every answer in its
+        own task, so that the next read never waits for an answer."""
+        while True:
+            event = await asks.get()
+            try:
+                pending = await self._aio_call(
+                    "PendingConsumptionLimit", self._aio_pending_consumption_limits
                 )
+                heartbeat_within: bool | None = None
+                if pending and lanes.needs_heartbeat_check():
+                    heartbeat_within = await self._aio_call(
+                        "IsHeartbeatWithinDuration", self._aio_is_heartbeat_within
+                    )
+            except SidecarRpcError as exc:
+                lanes.rpc_refused(event, exc)
+                continue
             for answer in lanes.decide(event, pending, heartbeat_within):
-                await self._aio_answer(answer)
+                answers.create_task(self._send_answer(event, answer, lanes))
+
+    async def _send_answer(self, event: UseCaseEvent, answer: Answer, lanes: EventLanes) -> None:
+        try:
+            await self._aio_answer(answer)
         except SidecarRpcError as exc:
             lanes.rpc_refused(event, exc)
 
