@@ -593,6 +593,8 @@ class Phase:
     ended: float  # monotonic, after the last answer arrived
     counters: frozenset[int]
     lines: list[tuple[float, float | None]]  # (monotonic when in the file, limit W)
+    cpu_s: float  # the client's CPU time while the writes were played
+    sim_cpu_s: float  # the simulator's in the same span
 
 
 async def _drive_writes(control_port: int, count: int, interval_s: float) -> frozenset[int]:
@@ -651,12 +653,14 @@ async def _bridge_phase(
                 await bridge.connected.wait()
             await trio.sleep(1.5)  # one EG heartbeat: writes in Init need one [LPC-TS-036]
             started = time.monotonic()
+            cpu, sim_cpu = time.process_time(), proc_cpu_ns(sim.pid)
             counters = await _drive_writes(sim.control_port or 0, writes, interval_s)
+            cpu, sim_cpu = time.process_time() - cpu, proc_cpu_ns(sim.pid) - sim_cpu
             await _answered(sim, counters)
             await trio.sleep(0.3)
             nursery.cancel_scope.cancel()
     lines = [(mono, line_limit_w(line)) for mono, _, line in sink_writes.lines]
-    return Phase("bridge", started, time.monotonic(), counters, lines)
+    return Phase("bridge", started, time.monotonic(), counters, lines, cpu, sim_cpu / 1e9)
 
 
 async def _minimal_phase(
@@ -686,7 +690,9 @@ async def _minimal_phase(
                 ready += chunk
         await trio.sleep(1.5)
         started = time.monotonic()
+        cpu, sim_cpu = proc_cpu_ns(process.pid), proc_cpu_ns(sim.pid)
         counters = await _drive_writes(sim.control_port or 0, writes, interval_s)
+        cpu, sim_cpu = proc_cpu_ns(process.pid) - cpu, proc_cpu_ns(sim.pid) - sim_cpu
         await _answered(sim, counters)
         await trio.sleep(0.3)
     finally:
@@ -696,7 +702,7 @@ async def _minimal_phase(
     for text in stamps.read_text().splitlines():
         mono, value = text.split()
         lines.append((float(mono), float(value)))
-    return Phase("minimal", started, time.monotonic(), counters, lines)
+    return Phase("minimal", started, time.monotonic(), counters, lines, cpu / 1e9, sim_cpu / 1e9)
 
 
 def _phase_samples(
@@ -764,6 +770,28 @@ async def bench_limit_writes(
             }
         )
     results: list[Result] = []
+    cpu_ms: dict[str, float] = {}
+    sim_cpu_ms: dict[str, float] = {}
+    for client in ("bridge", "minimal"):
+        mine = [p for p in phases if p.client == client]
+        writes = sum(len(p.counters) for p in mine)
+        cpu_ms[client] = 1000 * sum(p.cpu_s for p in mine) / writes
+        sim_cpu_ms[client] = 1000 * sum(p.sim_cpu_s for p in mine) / writes
+    results.append(
+        Result(
+            key="cpu_per_write",
+            metric="CPU per EG write (both paths): bridge / minimal client; simulator",
+            samples=str(sum(len(p.counters) for p in phases)),
+            typical=(
+                f"{cpu_ms['bridge']:.2f} / {cpu_ms['minimal']:.2f} ms = "
+                f"{cpu_ms['bridge'] / cpu_ms['minimal']:.2f}x"
+            ),
+            worst=f"sim {sim_cpu_ms['bridge']:.2f} / {sim_cpu_ms['minimal']:.2f} ms",
+            target="(info)",
+            passed=None,
+            data={"client_ms": cpu_ms, "simulator_ms": sim_cpu_ms},
+        )
+    )
     for key, metric, samples_by_client, target, limits in (
         (
             "limit_to_jsonl",
