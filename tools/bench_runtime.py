@@ -25,25 +25,38 @@ at the simulator, uses the spec's approval rules and timings, writes JSONL to a 
 at INFO to a file, as deployed (one line per published limit and per answered write). It runs
 either inside this process (the real `Bridge` on a trio-asyncio loop; metrics 1, 2, 3, 7, where
 its internals can be observed without polling) or as `python -m eebus_bridge run -c CFG`
-(metrics 4, 5, 6). For 1, 2 and 3 the EG's writes come from the scenario (timed actions in the
+(metrics 4, 5, 6). For 3 the EG's writes come from the scenario (timed actions in the
 simulator, random whole watts, seed 1), the simulator logs only warnings and this process
 reads nothing from it until the scenario is over: the harness does no work on the measured
-path. The results include the simulator's own time on that path (a Python gRPC server, where
+path (1 and 2 drive writes through the control port, see there). The results include the simulator's own time on that path (a Python gRPC server, where
 the real sidecar is Go), see the README.
 
 Methods, per metric:
 
-1. DataUpdateLimit -> JSONL line written. The EG writes a limit (no end) every
-   `--write-interval-ms` (20 ms: each write is done long before the next; the JSON counts any
-   overlap), `--warmup` + `--limit-samples` writes plus a few spare ones (two equal random
-   values in a row publish nothing new and give no sample). Start: the simulator's record of
-   the DataUpdateLimit event, stamped when the approval is applied, before the event goes to
-   the stream. End: the JSONL sink's own write-and-flush function, wrapped so that the clock is
-   read the moment flush() returns (the line is then in the file for every reader). The
-   wrapper costs one clock read in the sink's worker thread; nothing polls the file.
-2. WriteApprovalRequired -> answer at the simulator, from the same writes: the simulator's
-   event record to its approval record of the bridge's ApproveOrDenyConsumptionLimit, both
-   stamped by the simulator. Every write must be approved.
+1. DataUpdateLimit -> JSONL line written, and 2. WriteApprovalRequired -> answer at the
+   simulator, each for the bridge and for a minimal client side by side (issue 12). One
+   simulator process serves `--rounds` rounds; in each, the bridge and the minimal client take
+   a turn (bridge first in even rounds, the client first in odd ones), so both meet the same
+   simulator and the same machine load, right before or after each other. The first turn does
+   the full handshake, later ones resume on the known LPC endpoint (the sidecar is already set
+   up; the bridge does the same after a reconnect). A turn waits 1.5 s (one EG heartbeat, so
+   writes in Init are not gated [LPC-TS-036]), then this process sends `--warmup` + samples
+   EG writes (`send_limit`, random whole watts, seed 1) through one control connection, one
+   every `--write-interval-ms`, and reads the control answers (the msg counters) only after
+   the last one: the harness does no work while a write is handled. Metric 2 = the simulator's
+   approval record minus its WriteApprovalRequired event record (both stamped by the
+   simulator); metric 1 = the moment the line is in the file minus the simulator's
+   DataUpdateLimit event record. For the bridge the JSONL sink's write-and-flush is wrapped so
+   that the clock is read the moment flush() returns (one clock read in the sink's worker
+   thread, nothing polls the file); the minimal client appends "<monotonic> <value>" to a
+   stamps file after its flush. Each turn's records are taken by its msg counters and time
+   span. The minimal client (`minimal_client`, run as `python -m tools.bench_runtime
+   --minimal-client ...`) is a synchronous grpcio client in its own process: the same
+   handshake, then per event the same reads and answers and one JSON line, no state machine.
+   Reported: p50/p99 of both over all turns, the per-round p50 range, the ratio bridge /
+   client per metric at p50 and p99, and the CPU time per write of the bridge (this process),
+   the client and the simulator (/proc schedstat) while the writes were played: on a loaded
+   machine CPU per write is steadier than latency.
 3. Lateness of a deadline-driven publication. The EG writes a 1 s limit (the shortest the
    sidecar reports: it rounds the remaining duration to whole seconds) every
    `--deadline-interval` s. The bridge publishes Limited with the limit's end as wall time
