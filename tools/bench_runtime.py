@@ -28,8 +28,9 @@ its internals can be observed without polling) or as `python -m eebus_bridge run
 (metrics 4, 5, 6). For 3 the EG's writes come from the scenario (timed actions in the
 simulator, random whole watts, seed 1), the simulator logs only warnings and this process
 reads nothing from it until the scenario is over: the harness does no work on the measured
-path (1 and 2 drive writes through the control port, see there). The results include the simulator's own time on that path (a Python gRPC server, where
-the real sidecar is Go), see the README.
+path (1 and 2 drive writes through the control port, see there). The results include the
+simulator's own time on that path (a Python gRPC server, where the real sidecar is Go), see
+the README.
 
 Methods, per metric:
 
