@@ -42,9 +42,10 @@ Methods, per metric:
    the full handshake, later ones resume on the known LPC endpoint (the sidecar is already set
    up; the bridge does the same after a reconnect). A turn waits 1.5 s (one EG heartbeat, so
    writes in Init are not gated [LPC-TS-036]), then this process sends `--warmup` + samples
-   EG writes (`send_limit`, random whole watts, seed 1) through one control connection, one
-   every `--write-interval-ms`, and reads the control answers (the msg counters) only after
-   the last one: the harness does no work while a write is handled. Metric 2 = the simulator's
+   EG writes (`send_limit`, random whole watts, seed 1) from a small process of its own
+   (`--drive-writes`) through one control connection, one every `--write-interval-ms`; it
+   reads the control answers (the msg counters) only after the last one: nothing but the
+   client under test works on a write while it is handled. Metric 2 = the simulator's
    approval record minus its WriteApprovalRequired event record (both stamped by the
    simulator); metric 1 = the moment the line is in the file minus the simulator's
    DataUpdateLimit event record. For the bridge the JSONL sink's write-and-flush is wrapped so
@@ -611,23 +612,25 @@ class Phase:
     sim_cpu_s: float  # the simulator's in the same span
 
 
-async def _drive_writes(control_port: int, count: int, interval_s: float) -> frozenset[int]:
-    """`count` EG writes through one control connection, one every interval_s; the answers
-    (msg counters) are read only after the last write, so this process does nothing while
-    the client under test works."""
+def write_driver(control_port: int, count: int, interval_s: float) -> None:
+    """`count` EG writes through one control connection, one every interval_s, from a process of
+    its own (so that neither client's CPU time includes it); the answers (msg counters) are read
+    only after the last write and printed as one JSON list."""
+    import socket
+
     rng = random.Random(1)
-    stream = await trio.open_tcp_stream("127.0.0.1", control_port)
-    async with stream:
-        next_at = trio.current_time()
+    with socket.create_connection(("127.0.0.1", control_port)) as connection:
+        next_at = time.monotonic()
         for _ in range(count):
             value = float(rng.randint(100, 30000))
-            line = json.dumps({"action": "send_limit", "value": value}) + "\n"
-            await stream.send_all(line.encode())
+            connection.sendall(
+                (json.dumps({"action": "send_limit", "value": value}) + "\n").encode()
+            )
             next_at += interval_s
-            await trio.sleep_until(next_at)
+            time.sleep(max(0.0, next_at - time.monotonic()))
         received = b""
         while received.count(b"\n") < count:
-            chunk = await stream.receive_some(65536)
+            chunk = connection.recv(65536)
             if not chunk:
                 raise ConnectionError("control interface closed the connection")
             received += chunk
@@ -635,7 +638,14 @@ async def _drive_writes(control_port: int, count: int, interval_s: float) -> fro
     failed = [a for a in answers if not a.get("ok")]
     if failed:
         raise RuntimeError(f"control send_limit failed: {failed[0]}")
-    return frozenset(int(a["msg_counter"]) for a in answers)
+    print(json.dumps([int(a["msg_counter"]) for a in answers]))
+
+
+async def _drive_writes(control_port: int, count: int, interval_s: float) -> frozenset[int]:
+    command = [sys.executable, "-m", "tools.bench_runtime", "--drive-writes"]
+    command += [str(control_port), str(count), str(interval_s)]
+    done = await trio.run_process(command, capture_stdout=True)
+    return frozenset(json.loads(done.stdout))
 
 
 async def _answered(sim: SimulatorProcess, counters: frozenset[int]) -> None:
@@ -1431,6 +1441,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--drive-writes"]:
+        write_driver(int(argv[1]), int(argv[2]), float(argv[3]))
+        return 0
     if argv[:1] == ["--minimal-client"]:
         port, endpoint, config, stamps = argv[1:5]
         with contextlib.suppress(KeyboardInterrupt):
