@@ -43,6 +43,7 @@ class DeviceConfig:
     brand: str
     model: str
     serial_number: str
+    country: str = "DE"  # ISO 3166-1 alpha-2; C of the SHIP certificate `cert create` makes
 
 
 @attrs.frozen
@@ -495,6 +496,14 @@ def _not_empty(value: str) -> str:
     return value
 
 
+def _country_code(value: str) -> str:
+    if re.fullmatch(r"[A-Z]{2}", value) is None:
+        raise _Invalid(
+            f'must be two upper-case letters (ISO 3166-1 alpha-2, e.g. "DE"), got {_quoted(value)}'
+        )
+    return value
+
+
 def _program(value: str) -> str:
     _not_empty(value)
     if "\0" in value:
@@ -582,6 +591,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "brand": _not_empty,
         "model": _not_empty,
         "serial_number": _not_empty,
+        "country": _country_code,
     },
     EebusConfig: {
         "ship_port": _PORT,

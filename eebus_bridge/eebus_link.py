@@ -120,6 +120,26 @@ def set_config_request(config: Config) -> cs.SetConfigRequest:
     )
 
 
+async def set_config_when_ready(client: SidecarClient, config: Config) -> bool:
+    """Handshake step 2, retried while a freshly started sidecar does not accept connections yet
+    (up to STARTUP_WAIT_S). False: the sidecar is past its setup (NOT_IN_SETUP)."""
+    request = set_config_request(config)
+    delay = 0.05
+    with trio.fail_after(STARTUP_WAIT_S + config.eebus.rpc_timeout_s):
+        while True:
+            try:
+                await client.set_config(request)
+                return True
+            except SidecarUnreachable as exc:
+                log.debug("sidecar not reachable yet: %s", exc)
+            except SidecarRpcError as exc:
+                if NOT_IN_SETUP in exc.message:
+                    return False
+                raise HandshakeFailed(f"SetConfig failed: {exc.message}") from exc
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class EebusLink:
     def __init__(self, config: Config, runner: LpcRunner, *, host: str = SIDECAR_HOST) -> None:
         self._config = config
@@ -168,6 +188,9 @@ class EebusLink:
                         self._host,
                         self._config.eebus.grpc_port,
                     )
+                    self._runner.activity.record(
+                        "connection", event="up", endpoint=self._endpoint, fresh=fresh
+                    )
                     task_status.started()
                     nursery.start_soon(self._carry_out_actions, client, actions_receive)
                     nursery.start_soon(self._handle_discovery, discovery_receive)
@@ -205,21 +228,7 @@ class EebusLink:
 
     async def _set_config(self, client: SidecarClient) -> bool:
         """SetConfig, waiting for a sidecar that is still starting. False = already configured."""
-        request = set_config_request(self._config)
-        delay = 0.05
-        with trio.fail_after(STARTUP_WAIT_S + self._config.eebus.rpc_timeout_s):
-            while True:
-                try:
-                    await client.set_config(request)
-                    return True
-                except SidecarUnreachable as exc:
-                    log.debug("sidecar not reachable yet: %s", exc)
-                except SidecarRpcError as exc:
-                    if NOT_IN_SETUP in exc.message:
-                        return False
-                    raise HandshakeFailed(f"SetConfig failed: {exc.message}") from exc
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        return await set_config_when_ready(client, self._config)
 
     async def _resume(self, client: SidecarClient) -> None:
         """The sidecar is past its setup: a reconnect within this process, or someone else's."""
@@ -298,6 +307,15 @@ class EebusLink:
                 event.brand,
                 event.model,
                 event.is_trusted,
+            )
+            self._runner.activity.record(
+                "discovery",
+                event=event.kind,
+                ski=event.ski,
+                brand=event.brand,
+                model=event.model,
+                device_type=event.device_type,
+                trusted=event.is_trusted,
             )
             if event.kind == "DISCOVERED":
                 await self._runner.send(Discovered(ski=event.ski, is_trusted=event.is_trusted))
@@ -413,18 +431,18 @@ class _EventLanes:
             return EventRoute.DROP
         return EventRoute.DATA if name in _DATA_EVENTS else EventRoute.APPLY
 
-    def apply(self, event: UseCaseEvent, value: EventValue) -> None:
+    def apply(self, event: UseCaseEvent, value: EventValue, received_at: float) -> None:
         name, ski = event.name, event.ski
         if name == "DataUpdateHeartbeat":
-            self._runner.apply(Heartbeat(ski=ski))
+            self._runner.apply(Heartbeat(ski=ski), received_at)
         elif name == "UseCaseSupportUpdate":
-            self._runner.apply(UseCaseSupportUpdate(ski=ski))
+            self._runner.apply(UseCaseSupportUpdate(ski=ski), received_at)
         elif isinstance(value, SidecarLimit):
-            self._runner.apply(LimitUpdated(ski=ski, limit=value))
+            self._runner.apply(LimitUpdated(ski=ski, limit=value), received_at)
         elif isinstance(value, float) and name == "DataUpdateFailsafeConsumptionActivePowerLimit":
-            self._runner.apply(FailsafeLimitUpdated(ski=ski, limit_W=value))
+            self._runner.apply(FailsafeLimitUpdated(ski=ski, limit_W=value), received_at)
         elif isinstance(value, float):
-            self._runner.apply(FailsafeDurationUpdated(ski=ski, duration_s=value))
+            self._runner.apply(FailsafeDurationUpdated(ski=ski, duration_s=value), received_at)
 
     def needs_heartbeat_check(self) -> bool:
         return self._runner.engine.needs_sidecar_heartbeat_check(trio.current_time())

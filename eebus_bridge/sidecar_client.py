@@ -93,6 +93,7 @@ class DiscoveryEvent:
     is_trusted: bool
     brand: str
     model: str
+    device_type: str = ""  # as the EG announces it, e.g. "EnergyManagementSystem"
 
 
 class EventRoute(enum.Enum):
@@ -122,8 +123,9 @@ class EventLanes(Protocol):
     def route(self, event: UseCaseEvent) -> EventRoute:
         """Choose the lane; DROP ends the event here, before any RPC."""
 
-    def apply(self, event: UseCaseEvent, value: EventValue) -> None:
-        """Hand over an event with the value read for it (None on the apply lane)."""
+    def apply(self, event: UseCaseEvent, value: EventValue, received_at: float) -> None:
+        """Hand over an event with the value read for it (None on the apply lane);
+        received_at = when the event arrived (Trio clock)."""
 
     def needs_heartbeat_check(self) -> bool:
         """True when the answer to a write may depend on IsHeartbeatWithinDuration."""
@@ -141,7 +143,7 @@ class _ReadQueue:
     """The data lane's queue (asyncio side): arrival order, one entry per (event, SKI)."""
 
     def __init__(self) -> None:
-        self._items: deque[UseCaseEvent] = deque()
+        self._items: deque[tuple[UseCaseEvent, float]] = deque()
         self._queued: set[UseCaseEvent] = set()
         self._waiter: asyncio.Future[None] | None = None
 
@@ -150,21 +152,22 @@ class _ReadQueue:
         if event in self._queued:
             return
         self._queued.add(event)
-        self._items.append(event)
+        self._items.append((event, trio.current_time()))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> UseCaseEvent:
+    async def get(self) -> tuple[UseCaseEvent, float]:
+        """The oldest queued event and when it (first) arrived."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        event = self._items.popleft()
+        event, received_at = self._items.popleft()
         self._queued.discard(event)
-        return event
+        return event, received_at
 
 
 class CoalescingTransport:
@@ -499,7 +502,7 @@ class SidecarClient:
                         )
                         lane = lanes.route(event)
                         if lane is EventRoute.APPLY:
-                            lanes.apply(event, None)
+                            lanes.apply(event, None, trio.current_time())
                         elif lane is EventRoute.DATA:
                             reads.put(event)
                         elif lane is EventRoute.APPROVAL:
@@ -518,14 +521,14 @@ class SidecarClient:
             "FailsafeDurationMinimum": self._aio_failsafe_duration,
         }
         while True:
-            event = await reads.get()
+            event, received_at = await reads.get()
             rpc = DATA_READS[event.name]
             try:
                 value = await self._aio_call(rpc, readers[rpc])
             except SidecarRpcError as exc:
                 lanes.rpc_refused(event, exc)
                 continue
-            lanes.apply(event, value)
+            lanes.apply(event, value, received_at)
 
     async def _approval_lane(
         self, asks: _ReadQueue, lanes: EventLanes, answers: asyncio.TaskGroup
@@ -535,7 +538,7 @@ class SidecarClient:
         came after the read in flight), let the engine decide, and send every answer in its
         own task, so that the next read never waits for an answer."""
         while True:
-            event = await asks.get()
+            event, _ = await asks.get()
             try:
                 pending = await self._aio_call(
                     "PendingConsumptionLimit", self._aio_pending_consumption_limits
@@ -574,6 +577,7 @@ class SidecarClient:
                 is_trusted=msg.is_trusted,
                 brand=msg.brand,
                 model=msg.model,
+                device_type=msg.device_type,
             )
 
         await self._stream(
