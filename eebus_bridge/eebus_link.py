@@ -162,6 +162,10 @@ class EebusLink:
                 _EVENT_BUFFER
             )
             try:
+                # Attached before the streams start: events are handled from the moment they
+                # arrive, and what they make the engine decide waits in the channel until the
+                # handshake is done and _carry_out_actions runs.
+                self._runner.attach_sidecar(actions_send)
                 async with trio.open_nursery() as nursery:
                     fresh = await self._setup(client)
                     # Step 7: both subscriptions are on the wire before StartService.
@@ -182,7 +186,6 @@ class EebusLink:
                         # resumed sidecar was re-read in _resume, before the CS's view was
                         # written back.)
                         client.queue_rereads()
-                    self._runner.attach_sidecar(actions_send)
                     log.info(
                         "connected to the sidecar at %s:%d",
                         self._host,
