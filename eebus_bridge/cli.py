@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         # values given before the command when they are not repeated here.
         _add_logging_options(sub, defaults=False)
         sub.set_defaults(command=command)
+    _add_everest_module_commands(commands)
     _add_pairing_commands(commands)
+    _add_history_commands(commands)
     return parser
 
 
@@ -146,6 +149,31 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _add_history_commands(commands: Any) -> None:
+    """`history` and `report`: read the [history] file of a config (the bridge may be running)."""
+    from eebus_bridge.history.listing import FORMATS, KIND_GROUPS
+
+    window_help = "a span back from now (90s, 30m, 24h, 7d), 'now', or an ISO date(-time); UTC"
+    for name, command, help_text, since in (
+        ("history", _history, "list what the bridge recorded: writes, states, publications", "24h"),
+        ("report", _report, "write the HTML report or the SVG timeline of the limits", "7d"),
+    ):
+        sub = _config_command(commands, name, command, help_text)
+        sub.add_argument("--since", default=since, help=f"{window_help} (default: {since})")
+        sub.add_argument("--until", default="now", help=f"{window_help} (default: now)")
+        if name == "history":
+            sub.add_argument("--kind", choices=KIND_GROUPS, default="all")
+            sub.add_argument("--format", choices=FORMATS, default="table")
+        else:
+            sub.add_argument(
+                "--out",
+                type=Path,
+                required=True,
+                metavar="FILE",
+                help="report.html or timeline.svg",
+            )
+
+
 def _add_logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--log-level",
@@ -211,6 +239,61 @@ def _run(args: argparse.Namespace) -> int:
     return run_bridge(loaded.config)
 
 
+# --------------------------------------------------------------------------- everest-module
+
+
+def _add_everest_module_commands(commands: Any) -> None:
+    """`everest-module install|manifest`: the bridge as a module EVerest's manager launches."""
+    group = commands.add_parser(
+        "everest-module",
+        help="install the PyEebusBridge EVerest module, or print its manifest",
+        description="The bridge as an EVerest module that replaces the C++ EEBUS module.",
+    )
+    _add_logging_options(group, defaults=False)
+    verbs = group.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    install = verbs.add_parser(
+        "install",
+        help="write <prefix>/libexec/everest/modules/<NAME>/ and print the config.yaml snippet",
+        description="Write manifest.yaml, module.py and a .venv link to this environment "
+        "into <prefix>/libexec/everest/modules/<NAME>/.",
+    )
+    install.add_argument(
+        "--prefix", type=Path, required=True, help="EVerest's install prefix (e.g. /usr)"
+    )
+    install.add_argument("--name", default="PyEebusBridge", help="module name (PyEebusBridge)")
+    install.add_argument(
+        "--force", action="store_true", help="replace the module's files if they exist"
+    )
+    install.set_defaults(command=_everest_module_install)
+    manifest = verbs.add_parser("manifest", help="print the module's manifest.yaml")
+    manifest.set_defaults(command=_everest_module_manifest)
+
+
+def _everest_module_install(args: argparse.Namespace) -> int:
+    from eebus_bridge.everest_module import InstallError, config_snippet, install_module
+
+    try:
+        result = install_module(args.prefix, name=args.name, force=args.force)
+    except InstallError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"# installed {result.module_dir}")
+    if result.venv_link is not None:
+        print(f"# {result.venv_link} -> {result.venv_link.readlink()}")
+    print(config_snippet(args.name), end="")
+    return EXIT_OK
+
+
+def _everest_module_manifest(_args: argparse.Namespace) -> int:
+    from eebus_bridge.everest_module import manifest_text
+
+    print(manifest_text(), end="")
+    return EXIT_OK
+
+
 def _cert_create(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
@@ -270,4 +353,86 @@ def _discover(args: argparse.Namespace) -> int:
     except DiscoveryFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _history_window(args: argparse.Namespace) -> tuple[datetime, datetime] | None:
+    from eebus_bridge.history.listing import TimeArgumentError, parse_moment
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_moment(args.since, now)
+        until = parse_moment(args.until, now)
+    except TimeArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if until <= since:
+        print(
+            f"error: --until ({args.until}) must be after --since ({args.since})", file=sys.stderr
+        )
+        return None
+    return since, until
+
+
+def _history(args: argparse.Namespace) -> int:
+    from eebus_bridge.history import HistoryFileError, read_history
+    from eebus_bridge.history.listing import KIND_GROUPS, format_activities
+
+    loaded = _load_or_report(args.config)
+    window = _history_window(args)
+    if loaded is None or window is None:
+        return EXIT_CONFIG_ERROR
+    path = loaded.config.history_path
+    if not path.exists():
+        print(f"warning: no history at {path} yet", file=sys.stderr)
+    try:
+        activities = read_history(path, *window, kinds=KIND_GROUPS[args.kind])
+    except HistoryFileError as exc:
+        print(f"error: cannot read the history: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(format_activities(activities, args.format))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from eebus_bridge.history import HistoryFileError, read_history, timeline_svg
+    from eebus_bridge.history.report import render_report
+
+    loaded = _load_or_report(args.config)
+    window = _history_window(args)
+    if loaded is None or window is None:
+        return EXIT_CONFIG_ERROR
+    suffix = args.out.suffix.lower()
+    if suffix not in (".html", ".htm", ".svg"):
+        print(
+            f"error: --out {args.out}: must end in .html (report) or .svg (chart)", file=sys.stderr
+        )
+        return EXIT_CONFIG_ERROR
+    path = loaded.config.history_path
+    if not path.exists():
+        print(f"warning: no history at {path} yet", file=sys.stderr)
+    try:
+        activities = read_history(path, *window, context=True)
+    except HistoryFileError as exc:
+        print(f"error: cannot read the history: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    device = loaded.config.device
+    if suffix == ".svg":
+        text = timeline_svg(activities, *window)
+    else:
+        text = render_report(
+            activities,
+            *window,
+            device=f"{device.brand} {device.model}, serial {device.serial_number}",
+        )
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"wrote {args.out} ({len(activities)} records, {window[0]:%Y-%m-%d %H:%M} to "
+        f"{window[1]:%Y-%m-%d %H:%M} UTC)",
+        file=sys.stderr,
+    )
     return EXIT_OK

@@ -155,6 +155,18 @@ class RpcApiOutput:
 OutputConfig = JsonlOutput | EverestApiOutput | EverestLegacyApiOutput | RpcApiOutput
 
 
+HISTORY_FILE_NAME = "history.sqlite3"
+
+
+@attrs.frozen
+class HistoryConfig:
+    """[history]: the durable record of every limit (eebus_bridge/history)."""
+
+    enabled: bool = True
+    path: Path | None = None  # None = history.sqlite3 next to [lpc] state_file
+    retention_days: int = 400
+
+
 @attrs.frozen
 class Config:
     device: DeviceConfig
@@ -162,7 +174,15 @@ class Config:
     sidecar: SidecarConfig
     lpc: LpcConfig
     outputs: tuple[OutputConfig, ...]
+    history: HistoryConfig = HistoryConfig()
     source: Path | None = None  # the file it was loaded from
+
+    @property
+    def history_path(self) -> Path:
+        """[history] path, or its default next to [lpc] state_file."""
+        if self.history.path is not None:
+            return self.history.path
+        return self.lpc.state_file.parent / HISTORY_FILE_NAME
 
 
 # --------------------------------------------------------------------------- public API
@@ -192,7 +212,7 @@ OUTPUT_TYPES: dict[str, type[OutputConfig]] = {
     "everest-legacy-api": EverestLegacyApiOutput,
     "rpcapi": RpcApiOutput,
 }
-_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output")
+_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "history")
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -201,7 +221,21 @@ def load_config(path: Path) -> LoadedConfig:
     Raises ConfigError listing every problem found; warnings come back with the config.
     """
     source, document = _read_document(path)
-    base_dir = source.parent
+    return config_from_document(document, source.parent, source=source)
+
+
+def config_from_document(
+    document: Mapping[str, Any],
+    base_dir: Path,
+    *,
+    source: Path | None = None,
+    outputs_required: bool = True,
+) -> LoadedConfig:
+    """Check and complete a parsed config (TOML data); relative paths count from `base_dir`.
+
+    Without `outputs_required`, a document without [[output]] gives a config with no outputs:
+    the EVerest module brings its own sink.
+    """
     report = _Report()
 
     device = _structure_section(document, "device", DeviceConfig, report, required=True)
@@ -214,13 +248,23 @@ def load_config(path: Path) -> LoadedConfig:
         lpc = _finish_lpc(lpc, base_dir, report)
     outputs = [
         _finish_output(output, key, base_dir, report)
-        for key, output in _structure_outputs(document, report)
+        for key, output in _structure_outputs(document, report, required=outputs_required)
     ]
+    history = _structure_section(document, "history", HistoryConfig, report)
+    if history is not None and lpc is not None:
+        history = _finish_history(history, lpc, base_dir)
     for key in document:
         if key not in _SECTIONS:
             report.add(_key_path("", key), "unknown key" + _did_you_mean(key, _SECTIONS))
 
-    if report.problems or device is None or eebus is None or sidecar is None or lpc is None:
+    if (
+        report.problems
+        or device is None
+        or eebus is None
+        or sidecar is None
+        or lpc is None
+        or history is None
+    ):
         raise ConfigError(report.problems)
     config = Config(
         device=device,
@@ -228,6 +272,7 @@ def load_config(path: Path) -> LoadedConfig:
         sidecar=sidecar,
         lpc=lpc,
         outputs=tuple(outputs),
+        history=history,
         source=source,
     )
     return LoadedConfig(config=config, warnings=tuple(_warnings(config)))
@@ -614,6 +659,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "failsafe_duration_s": _FAILSAFE_DURATION,
         "failsafe_duration_max_s": _FAILSAFE_DURATION,
     },
+    HistoryConfig: {"retention_days": _between(1, 36500)},
     MqttTls: {},
     JsonlOutput: {"path": _stdout_or_path},
     EverestApiOutput: {
@@ -669,7 +715,7 @@ _CONVERTER = _strict_converter()
 
 
 def _structure_section(
-    document: dict[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
+    document: Mapping[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
 ) -> _T | None:
     """The top-level table `key` as `cls`, or None after reporting its problems."""
     if required and key not in document:
@@ -686,8 +732,12 @@ def _structure(raw: Any, cls: type[_T], key: str, report: _Report) -> _T | None:
         return None
 
 
-def _structure_outputs(document: dict[str, Any], report: _Report) -> list[tuple[str, OutputConfig]]:
+def _structure_outputs(
+    document: Mapping[str, Any], report: _Report, *, required: bool = True
+) -> list[tuple[str, OutputConfig]]:
     """(key path, output) for every [[output]] table that structured cleanly."""
+    if not required and "output" not in document:
+        return []
     raw = document.get("output", [])
     if not isinstance(raw, list):
         report.add("output", f"must be an array of tables ([[output]]), got {_describe(raw)}")
@@ -768,6 +818,17 @@ def _finish_lpc(lpc: LpcConfig, base_dir: Path, report: _Report) -> LpcConfig:
     # must be writable even when the file already exists.
     _report_location("lpc.state_file", _location_problem(state_file, folder_written=True), report)
     return attrs.evolve(lpc, state_file=state_file)
+
+
+def _finish_history(history: HistoryConfig, lpc: LpcConfig, base_dir: Path) -> HistoryConfig:
+    """Default path: history.sqlite3 in the folder of [lpc] state_file (already absolute).
+
+    A location the bridge cannot write is only a warning (see _warnings): the history is a
+    record of the control, never a reason to stop controlling.
+    """
+    if history.path is None:
+        return attrs.evolve(history, path=lpc.state_file.parent / HISTORY_FILE_NAME)
+    return attrs.evolve(history, path=_absolute(base_dir, history.path))
 
 
 def _finish_output(output: OutputConfig, key: str, base_dir: Path, report: _Report) -> OutputConfig:
@@ -900,6 +961,14 @@ def _warnings(config: Config) -> list[str]:
             f"lpc.max_nominal_power_W = {_number(lpc.max_nominal_power_W)}, so failsafe does "
             "not limit anything"
         )
+    if config.history.enabled:
+        # SQLite's WAL mode keeps -wal and -shm files next to the database: the folder must
+        # be writable even when the file exists.
+        problem = _location_problem(config.history_path, folder_written=True)
+        if problem is not None:
+            warnings.append(
+                f"history.path: {problem}; the bridge runs, but records no history until it can"
+            )
     for field in attrs.fields(LpcTiming):
         value = getattr(lpc.timing, field.name)
         spec_value = getattr(SPEC_LPC_TIMING, field.name)
@@ -948,6 +1017,7 @@ def config_to_toml_dict(config: Config, *, hide_secrets: bool = True) -> dict[st
         "sidecar": _plain_table(config.sidecar),
         "lpc": _plain_table(config.lpc),
         "output": [_plain_output(output, hide_secrets) for output in config.outputs],
+        "history": _plain_table(config.history),
     }
 
 

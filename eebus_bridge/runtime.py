@@ -3,6 +3,7 @@
     Bridge.run
       ├─ lpc task        LpcRunner.run: engine inputs, deadlines, decisions     (whole process)
       ├─ output tasks    one per sink, latest-value delivery                    (whole process)
+      ├─ history task    HistoryStore.run: the activity feed into SQLite        (whole process)
       └─ connection group, restarted as a whole with backoff when any member fails:
            ├─ sidecar task   SidecarProcess.run (when [sidecar] manage = true)
            └─ eebus task     EebusLink.run: handshake, streams, RPCs with deadlines
@@ -21,7 +22,7 @@ import gc
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 import trio_asyncio
@@ -31,6 +32,7 @@ from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
+from eebus_bridge.history import HistoryStore
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
@@ -88,7 +90,9 @@ class Bridge:
         *,
         publications: LatestValue[Publication] | None = None,
         activity: ActivityFeed | None = None,
+        extra_sinks: Sequence[Sink] = (),
     ) -> None:
+        """`extra_sinks` deliver besides the config's outputs (the EVerest module's own sink)."""
         self.config = config
         self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
@@ -97,8 +101,13 @@ class Bridge:
         self.sinks: list[Sink] = [
             make_sink(output, config.lpc, activity=self.activity) for output in config.outputs
         ]
+        self.sinks.extend(extra_sinks)
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
+        self.history: HistoryStore | None = None
+        if config.history.enabled:
+            self.history = HistoryStore(config.history_path, config.history.retention_days)
+            self.activity.subscribe(self.history.observe)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.activity.record("bridge", event="start")
@@ -106,10 +115,14 @@ class Bridge:
             await self._run(task_status=task_status)
         finally:
             self.activity.record("bridge", event="stop")
+            if self.history is not None:
+                await self.history.aclose()
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))
         async with trio.open_nursery() as nursery:
+            if self.history is not None:
+                nursery.start_soon(self._keep_running, "history", self.history.run)
             nursery.start_soon(self._keep_running, "lpc", self.runner.run)
             for sink in self.sinks:
                 nursery.start_soon(

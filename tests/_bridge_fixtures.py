@@ -51,6 +51,7 @@ def write_config(
     lpc: dict[str, object] | None = None,
     timing: dict[str, object] | None = None,
     sidecar: dict[str, object] | None = None,
+    history: dict[str, object] | None = None,
     jsonl: str = "publications.jsonl",
     extra_outputs: str = "",
 ) -> Path:
@@ -77,6 +78,7 @@ def write_config(
         },
         "lpc": {"state_file": "state.json", **(lpc or {})},
         "lpc.timing": {**FAST_TIMING, **(timing or {})},
+        "history": history or {},
     }
     lines: list[str] = []
     for name, values in sections.items():
