@@ -350,6 +350,15 @@ async def sidecar_kills(workdir: Path, rounds: int) -> CaseResult:
                 lambda: bridge.records("StartService") >= sidecars, "handshake", bridge=bridge
             )
             control = await eg_control(bridge, sidecars)
+            # Each handshake and each UseCaseSupportUpdate of the EG end with StartHeartbeat.
+            # An EG write that crosses the bridge's re-sent local data is overwritten by the
+            # bridge's older view of the limit (a known race, README "Reliability"): the soak
+            # measures recovery, so the EG writes once that is done.
+            await wait_for(
+                lambda: bridge.records("cs_lpc.StartHeartbeat") >= 2 * sidecars,
+                "local data re-sent for the EG",
+                bridge=bridge,
+            )
             value = 1000.0 + round_
             heartbeats = bridge.events("DataUpdateHeartbeat")
             await send_limit(control, value)
@@ -403,6 +412,9 @@ async def broker_restarts(workdir: Path, rounds: int) -> CaseResult:
     try:
         async with bridge_process(workdir, extra_outputs=_everest_api_output(broker)) as bridge:
             control = await eg_control(bridge, 1)
+            await wait_for(
+                lambda: bridge.records("cs_lpc.StartHeartbeat") >= 2, "local data", bridge=bridge
+            )
             await send_limit(control, 3000.0)
             await wait_for(
                 lambda: "3000 W" in _PUBLISHED.findall(bridge.log())[-1:],
