@@ -36,6 +36,7 @@ from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited, SidecarProcess, sidecar_command
 from eebus_bridge.sinks import Sink, make_sink
+from eebus_bridge.status import StatusEndpoint, StatusSources, StatusTracker
 
 log = logging.getLogger("eebus_bridge")
 
@@ -97,6 +98,15 @@ class Bridge:
         self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
+        self.status = StatusTracker(sink.name for sink in self.sinks)
+        if config.status.listen:  # no observer, no cost, when the endpoint is off
+            self.activity.subscribe(self.status)
+        self.status_endpoint = StatusEndpoint(
+            StatusSources(
+                config, self.status, self.runner.engine, self.publications, trio.current_time
+            ),
+            config.status,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))
@@ -106,6 +116,8 @@ class Bridge:
                 nursery.start_soon(
                     self._keep_running, sink.name, functools.partial(sink.run, self.publications)
                 )
+            if self.config.status.listen:
+                nursery.start_soon(self._keep_running, "status", self.status_endpoint.run)
             task_status.started()
             await self._supervise_connection()
 

@@ -50,6 +50,7 @@ def write_config(
     lpc: dict[str, object] | None = None,
     timing: dict[str, object] | None = None,
     sidecar: dict[str, object] | None = None,
+    status: dict[str, object] | None = None,
     jsonl: str = "publications.jsonl",
     extra_outputs: str = "",
 ) -> Path:
@@ -76,6 +77,8 @@ def write_config(
         },
         "lpc": {"state_file": "state.json", **(lpc or {})},
         "lpc.timing": {**FAST_TIMING, **(timing or {})},
+        # Off unless a test asks: tests run in parallel and must not fight over port 8780.
+        "status": {"listen": "", **(status or {})},
     }
     lines: list[str] = []
     for name, values in sections.items():
