@@ -10,9 +10,10 @@ append or count, and an observer that raises is logged once and dropped.
 Kinds and their fields (all values JSON-friendly; `time` is set by the feed, UTC):
 
     bridge          event: "start" | "stop"
-    sidecar         event: "start" (pid) | "exit" (status, reason) | "restart" (delay_s, reason)
-    connection      event: "up" (endpoint) | "lost" (reason)
+    sidecar         event: "start" (pid) | "exit" (pid, reason) | "restart" (delay_s, reason)
+    connection      event: "up" (endpoint, fresh) | "lost" (reason)
     eg              event: "active" | "heartbeat_lost" | "heartbeat_back" | "released"; ski
+                    (None when no EG was active)
     discovery       event: "DISCOVERED" | "REMOVED"; ski, brand, model, device_type, trusted
     write           ski, msg_counter, value_W, active, duration_s (None = no end),
                     approved, reason
@@ -21,7 +22,11 @@ Kinds and their fields (all values JSON-friendly; `time` is set by the feed, UTC
     publication     version, state, limit_W (None = unlimited), end_time (ISO or None),
                     latency_s (sidecar event -> publication, None when time-driven)
     delivery        sink, version, ok, error (None or text)
-    sink            sink, event: "connected" | "disconnected"; reason
+    sink            sink, event: "connected" | "disconnected"; reason (disconnected only)
+
+A write's `reason` is "" when approved; `duration_s` None means no end. A failsafe write is
+`accepted` when the engine took the value as is; `written_back` is the value the bridge wrote
+back to the sidecar instead (None when nothing was written back).
 """
 
 from __future__ import annotations
@@ -85,6 +90,11 @@ class ActivityFeed:
         self._observers: list[Observer] = []
         self._wall_clock = wall_clock
 
+    @property
+    def observed(self) -> bool:
+        """True when somebody listens (callers may skip preparing fields otherwise)."""
+        return bool(self._observers)
+
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
 
@@ -103,3 +113,8 @@ class ActivityFeed:
             except Exception:
                 log.exception("activity observer %r failed; it is dropped", observer)
                 self.unsubscribe(observer)
+
+
+def record_delivery(feed: ActivityFeed, sink: str, version: int, error: str | None) -> None:
+    """A sink handed publication `version` to its peer (error None) or could not (error text)."""
+    feed.record("delivery", sink=sink, version=version, ok=error is None, error=error)

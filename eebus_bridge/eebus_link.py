@@ -116,6 +116,9 @@ class EebusLink:
                         self._host,
                         self._config.eebus.grpc_port,
                     )
+                    self._runner.activity.record(
+                        "connection", event="up", endpoint=self._endpoint, fresh=fresh
+                    )
                     task_status.started()
                     nursery.start_soon(self._carry_out_actions, client, actions_receive)
                     nursery.start_soon(self._handle_discovery, discovery_receive)
@@ -246,6 +249,15 @@ class EebusLink:
                 event.brand,
                 event.model,
                 event.is_trusted,
+            )
+            self._runner.activity.record(
+                "discovery",
+                event=event.kind,
+                ski=event.ski,
+                brand=event.brand,
+                model=event.model,
+                device_type=event.device_type,
+                trusted=event.is_trusted,
             )
             if event.kind == "DISCOVERED":
                 await self._runner.send(Discovered(ski=event.ski, is_trusted=event.is_trusted))

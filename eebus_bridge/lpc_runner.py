@@ -17,14 +17,19 @@ from pathlib import Path
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.config import Config
 from eebus_bridge.failsafe_store import save_failsafe_values
 from eebus_bridge.lpc import (
     Answer,
     Decision,
+    FailsafeDurationUpdated,
+    FailsafeLimitUpdated,
     FailsafeValues,
+    Heartbeat,
     Input,
     LpcEngine,
+    LpcState,
     Note,
     PersistFailsafeValues,
     Publish,
@@ -33,10 +38,12 @@ from eebus_bridge.lpc import (
     Start,
     StateChanged,
     Tick,
+    WriteApprovalRequired,
     WriteBackFailsafeDuration,
     WriteBackFailsafeLimit,
     to_external_limits,
 )
+from eebus_bridge.lpc.values import EngineStatus
 from eebus_bridge.publication import LatestValue, Publication
 
 log = logging.getLogger("eebus_bridge.lpc")
@@ -69,6 +76,7 @@ class LpcRunner:
         publications: LatestValue[Publication],
         *,
         wall_clock: Callable[[], datetime] = utc_now,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.engine = LpcEngine(
             config.lpc,
@@ -76,10 +84,15 @@ class LpcRunner:
             accept_unknown_ems=config.eebus.accept_unknown_ems,
         )
         self.publications = publications
+        self.activity = activity if activity is not None else ActivityFeed()
+        self._heartbeat_timeout_s = config.lpc.timing.heartbeat_timeout_s
         self._wall_clock = wall_clock
         self._state_file: Path = config.lpc.state_file
         self._to_persist: LatestValue[FailsafeValues] = LatestValue()
-        self._inputs_send, self._inputs_receive = trio.open_memory_channel[Input](_INPUT_BUFFER)
+        # Each input travels with the time it was handed over (for the latency of publications).
+        self._inputs_send, self._inputs_receive = trio.open_memory_channel[tuple[float, Input]](
+            _INPUT_BUFFER
+        )
         self._sidecar: trio.MemorySendChannel[SidecarAction] | None = None
 
     # -- called by the runtime and the eebus task --------------------------------------------
@@ -94,10 +107,11 @@ class LpcRunner:
         No scheduling pass when there is room: the caller (the event loop of the eebus task)
         yields on its next receive anyway, and a pass per heartbeat halves the event rate.
         """
+        item = (trio.current_time(), event)
         try:
-            self._inputs_send.send_nowait(event)
+            self._inputs_send.send_nowait(item)
         except trio.WouldBlock:
-            await self._inputs_send.send(event)
+            await self._inputs_send.send(item)
 
     def attach_sidecar(self, actions: trio.MemorySendChannel[SidecarAction] | None) -> None:
         """Route sidecar decisions to this connection (None: no connection, they are dropped).
@@ -122,8 +136,8 @@ class LpcRunner:
                     continue
                 deadline = self.engine.next_deadline
                 with trio.move_on_at(math.inf if deadline is None else deadline):
-                    event = await self._inputs_receive.receive()
-                    self._apply(event)
+                    received_at, event = await self._inputs_receive.receive()
+                    self._apply(event, received_at)
                     continue
                 self._apply(Tick())
 
@@ -131,21 +145,85 @@ class LpcRunner:
         """Apply up to `limit` queued inputs; False when there was none."""
         for count in range(limit):
             try:
-                event = self._inputs_receive.receive_nowait()
+                received_at, event = self._inputs_receive.receive_nowait()
             except trio.WouldBlock:
                 return count > 0
-            self._apply(event)
+            self._apply(event, received_at)
         return True
 
-    def _apply(self, event: Input) -> None:
+    def _apply(self, event: Input, received_at: float | None = None) -> None:
         now = trio.current_time()
-        for decision in self.engine.handle(event, now):
-            self._carry_out(decision, now)
+        before = self.engine.status(now) if self.activity.observed else None
+        decisions = self.engine.handle(event, now)
+        for decision in decisions:
+            self._carry_out(decision, now, received_at)
+        if before is not None:
+            self._record_activity(event, decisions, before, now)
 
-    def _carry_out(self, decision: Decision, now: float) -> None:
+    def _record_activity(
+        self, event: Input, decisions: list[Decision], before: EngineStatus, now: float
+    ) -> None:
+        """Tell the activity feed what this input did (writes, failsafe writes, EG changes);
+        state changes and publications are recorded where they are carried out."""
+        record = self.activity.record
+        if isinstance(event, WriteApprovalRequired):
+            pending = dict(event.pending)
+            for decision in decisions:
+                if isinstance(decision, Answer) and decision.msg_counter in pending:
+                    limit = pending[decision.msg_counter]
+                    record(
+                        "write",
+                        ski=event.ski,
+                        msg_counter=decision.msg_counter,
+                        value_W=limit.value,
+                        active=limit.is_active,
+                        duration_s=limit.duration_s or None,
+                        approved=decision.approve,
+                        reason=decision.reason,
+                    )
+        elif isinstance(event, FailsafeLimitUpdated | FailsafeDurationUpdated) and event.ski:
+            if isinstance(event, FailsafeLimitUpdated):
+                what, value = "limit", event.limit_W
+                accepted = self.engine.failsafe_values.limit_W == value
+            else:
+                what, value = "duration", event.duration_s
+                accepted = self.engine.failsafe_values.duration_s == value
+            written_back = next(
+                (
+                    d.limit_W if isinstance(d, WriteBackFailsafeLimit) else d.duration_s
+                    for d in decisions
+                    if isinstance(d, WriteBackFailsafeLimit | WriteBackFailsafeDuration)
+                ),
+                None,
+            )
+            record(
+                "failsafe_write",
+                ski=event.ski,
+                what=what,
+                value=value,
+                accepted=accepted,
+                written_back=written_back,
+            )
+        age = before.last_heartbeat_age_s
+        if isinstance(event, Heartbeat) and age is not None and age > self._heartbeat_timeout_s:
+            record("eg", event="heartbeat_back", ski=event.ski)
+        after = self.engine.status(now)
+        for decision in decisions:
+            if isinstance(decision, StateChanged) and decision.new is LpcState.FAILSAFE:
+                record("eg", event="heartbeat_lost", ski=before.active_ski)
+        if after.active_ski != before.active_ski:
+            if after.active_ski is not None:
+                record("eg", event="active", ski=after.active_ski)
+            else:
+                record("eg", event="released", ski=before.active_ski)
+
+    def _carry_out(self, decision: Decision, now: float, received_at: float | None) -> None:
         if isinstance(decision, Publish):
-            self._publish(decision, now)
+            self._publish(decision, now, received_at)
         elif isinstance(decision, StateChanged):
+            self.activity.record(
+                "state", old=decision.old.value, new=decision.new.value, rule=decision.rule
+            )
             log.info(
                 "state %s -> %s [%s]",
                 decision.old.value,
@@ -188,7 +266,7 @@ class LpcRunner:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("sidecar connection not accepting actions: dropped %r", action)
 
-    def _publish(self, decision: Publish, now: float) -> None:
+    def _publish(self, decision: Publish, now: float, received_at: float | None) -> None:
         wall = self._wall_clock()
         end_time = None if decision.end is None else wall + timedelta(seconds=decision.end - now)
         publication = Publication(
@@ -199,6 +277,14 @@ class LpcRunner:
             external_limits=to_external_limits(decision.limit_W, end_time, wall),
         )
         self.publications.set(publication)
+        self.activity.record(
+            "publication",
+            version=self.publications.version,
+            state=publication.state,
+            limit_W=publication.limit_W,
+            end_time=None if end_time is None else end_time.isoformat(),
+            latency_s=None if received_at is None else trio.current_time() - received_at,
+        )
         log.info(
             "published %s: %s",
             decision.state.value,

@@ -93,9 +93,11 @@ class Bridge:
         self.config = config
         self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
-        self.runner = LpcRunner(config, self.publications)
+        self.runner = LpcRunner(config, self.publications, activity=self.activity)
         self.link = EebusLink(config, self.runner)
-        self.sinks: list[Sink] = [make_sink(output, config.lpc) for output in config.outputs]
+        self.sinks: list[Sink] = [
+            make_sink(output, config.lpc, activity=self.activity) for output in config.outputs
+        ]
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
         self.status = StatusTracker(sink.name for sink in self.sinks)
@@ -109,6 +111,13 @@ class Bridge:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.activity.record("bridge", event="start")
+        try:
+            await self._run(task_status=task_status)
+        finally:
+            self.activity.record("bridge", event="stop")
+
+    async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_running, "lpc", self.runner.run)
@@ -138,27 +147,36 @@ class Bridge:
         backoff = restart_backoff(initial)
         while True:
             backoff.connected()  # a group that runs for HEALTHY_AFTER_S resets the delay
+            pid: int | None = None
+            reason = "ended without an error"
             try:
                 async with trio.open_nursery() as group:
                     if managed:
                         sidecar = SidecarProcess(
                             sidecar_command(self.config), grace_s=SIDECAR_GRACE_S
                         )
-                        await group.start(sidecar.run)
+                        pid = await group.start(sidecar.run)
+                        self.activity.record("sidecar", event="start", pid=pid)
                     await group.start(self.link.run)
                     self.connections += 1
                     self.connected.set()
             except Exception as exc:
+                reason = describe_failure(exc)
                 if _is_expected(exc):
-                    log.warning("sidecar connection lost: %s", describe_failure(exc))
+                    log.warning("sidecar connection lost: %s", reason)
                 else:
                     log.exception("sidecar connection failed unexpectedly")
             else:  # pragma: no cover - the group's tasks only end by raising
                 log.error("sidecar connection ended without an error")
             self.connected = trio.Event()
+            self.activity.record("connection", event="lost", reason=reason)
+            if pid is not None:  # the group's exit stopped the sidecar (or it exited first)
+                self.activity.record("sidecar", event="exit", pid=pid, reason=reason)
             delay = min(backoff.next_delay(), BACKOFF_CAP_S)
             what = "restarting the sidecar" if managed else "reconnecting to the sidecar"
             log.warning("%s in %.1f s", what, delay)
+            if managed:
+                self.activity.record("sidecar", event="restart", delay_s=delay, reason=reason)
             await trio.sleep(delay)
 
 

@@ -75,6 +75,7 @@ class DiscoveryEvent:
     is_trusted: bool
     brand: str
     model: str
+    device_type: str = ""
 
 
 def limit_from_wire(load_limit: common_types.LoadLimit | None) -> SidecarLimit:
@@ -335,6 +336,7 @@ class SidecarClient:
                 is_trusted=msg.is_trusted,
                 brand=msg.brand,
                 model=msg.model,
+                device_type=msg.device_type,
             )
 
         await self._stream(

@@ -12,6 +12,7 @@ from typing import Any
 import trio
 import trio_asyncio
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.config import Config, load_config
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
@@ -136,13 +137,15 @@ def valid_limit(publication: Publication) -> bool:
 
 
 @asynccontextmanager
-async def running_bridge(config: Config) -> AsyncIterator[tuple[Bridge, RecordingPublications]]:
+async def running_bridge(
+    config: Config, *, activity: ActivityFeed | None = None
+) -> AsyncIterator[tuple[Bridge, RecordingPublications]]:
     """The real Bridge (lpc, outputs, supervised connection) inside the test's Trio run.
 
     Needs the trio-asyncio loop the simulator fixture opens.
     """
     publications = RecordingPublications()
-    bridge = Bridge(config, publications=publications)
+    bridge = Bridge(config, publications=publications, activity=activity)
     async with trio.open_nursery() as nursery:
         await nursery.start(bridge.run)
         try:
@@ -164,6 +167,7 @@ async def simulated_bridge(
     *,
     scenario: str = "controlbox",
     config: dict[str, Any] | None = None,
+    activity: ActivityFeed | None = None,
     **simulator: Any,
 ) -> AsyncIterator[tuple[HemsSimulator, Bridge, RecordingPublications]]:
     """The in-process simulator plus a Bridge connected to it (manage = false).
@@ -178,7 +182,7 @@ async def simulated_bridge(
     settings["timing"] = {"init_timeout_s": 30.0, **settings.get("timing", {})}
     async with trio_asyncio.open_loop(), open_hems_simulator(scenario, **options) as sim:
         bridge_config = make_config(folder, grpc_port=sim.port, **settings)
-        async with running_bridge(bridge_config) as (bridge, publications):
+        async with running_bridge(bridge_config, activity=activity) as (bridge, publications):
             yield sim, bridge, publications
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import (
     EverestApiOutput,
@@ -52,14 +53,17 @@ class Sink(Protocol):
     async def run(self, latest: LatestValue[Publication]) -> None: ...
 
 
-def make_sink(output: OutputConfig, lpc: LpcConfig) -> Sink:
-    """The sink for one `[[outputs]]` entry of the config."""
+def make_sink(
+    output: OutputConfig, lpc: LpcConfig, *, activity: ActivityFeed | None = None
+) -> Sink:
+    """The sink for one `[[outputs]]` entry of the config; it records its deliveries and
+    connection changes in `activity`."""
     match output:
         case JsonlOutput():
-            return JsonlSink(output)
+            return JsonlSink(output, activity=activity)
         case EverestApiOutput():
-            return EverestApiSink(output)
+            return EverestApiSink(output, activity=activity)
         case EverestLegacyApiOutput():
-            return EverestLegacyApiSink(output, lpc)
+            return EverestLegacyApiSink(output, lpc, activity=activity)
         case RpcApiOutput():
-            return RpcApiSink(output, lpc)
+            return RpcApiSink(output, lpc, activity=activity)

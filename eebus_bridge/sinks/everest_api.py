@@ -32,12 +32,14 @@ import math
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed, record_delivery
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import EverestApiOutput
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.external_limits import encode_external_limits
 from eebus_bridge.sinks.mqtt import (
     MqttConnection,
+    MqttError,
     check_topic_name,
     keep_mqtt_connected,
     mqtt_settings_for,
@@ -106,8 +108,10 @@ class EverestApiSink:
         *,
         backoff: BackoffPolicy | None = None,
         default_heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.output = output
+        self.activity = activity if activity is not None else ActivityFeed()
         self.name = f"everest-api[{output.module_id}]"
         base = everest_api_topic_base(output)
         self.limits_topic = check_topic_name(f"{base}/m2e/set_external_limits")
@@ -124,6 +128,7 @@ class EverestApiSink:
             self.settings,
             functools.partial(self._serve, latest=latest),
             Backoff(self._backoff_policy),
+            self.activity,
         )
 
     async def _serve(self, conn: MqttConnection, *, latest: LatestValue[Publication]) -> None:
@@ -151,8 +156,14 @@ class EverestApiSink:
                 "; ".join(encoded),
                 publication.external_limits,
             )
+            record_delivery(self.activity, self.name, version, "; ".join(encoded))
             return
-        await conn.publish(self.limits_topic, encoded, qos=1)
+        try:
+            await conn.publish(self.limits_topic, encoded, qos=1)
+        except MqttError as exc:
+            record_delivery(self.activity, self.name, version, str(exc))
+            raise
+        record_delivery(self.activity, self.name, version, None)
         again = version == self._delivered_version
         self._delivered_version = version
         logger.info(

@@ -14,11 +14,13 @@ import functools
 import logging
 import math
 
+from eebus_bridge.activity import ActivityFeed, record_delivery
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import EverestLegacyApiOutput, LpcConfig
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sinks.mqtt import (
     MqttConnection,
+    MqttError,
     check_topic_name,
     keep_mqtt_connected,
     mqtt_settings_for,
@@ -41,8 +43,10 @@ class EverestLegacyApiSink:
         lpc: LpcConfig,
         *,
         backoff: BackoffPolicy | None = None,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.output = output
+        self.activity = activity if activity is not None else ActivityFeed()
         self.name = f"everest-legacy-api[{output.evse_manager_id}]"
         self.topic = check_topic_name(
             f"{output.topic_prefix}everest_api/{output.evse_manager_id}/cmd/set_limit_watts"
@@ -61,6 +65,7 @@ class EverestLegacyApiSink:
             self.settings,
             functools.partial(self._serve, latest=latest),
             Backoff(self._backoff_policy),
+            self.activity,
         )
 
     async def _serve(self, conn: MqttConnection, *, latest: LatestValue[Publication]) -> None:
@@ -78,8 +83,14 @@ class EverestLegacyApiSink:
                 watts,
                 publication.state,
             )
+            record_delivery(self.activity, self.name, version, f"invalid limit {watts!r} W")
             return
-        await conn.publish(self.topic, format_watts(watts), qos=1)
+        try:
+            await conn.publish(self.topic, format_watts(watts), qos=1)
+        except MqttError as exc:
+            record_delivery(self.activity, self.name, version, str(exc))
+            raise
+        record_delivery(self.activity, self.name, version, None)
         again = version == self._delivered_version
         self._delivered_version = version
         logger.info(

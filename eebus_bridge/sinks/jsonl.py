@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import trio
 
+from eebus_bridge.activity import ActivityFeed, record_delivery
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import JsonlOutput
 from eebus_bridge.lpc import format_timestamp
@@ -37,8 +38,15 @@ def jsonl_line(publication: Publication) -> str:
 
 
 class JsonlSink:
-    def __init__(self, output: JsonlOutput, *, backoff: BackoffPolicy | None = None) -> None:
+    def __init__(
+        self,
+        output: JsonlOutput,
+        *,
+        backoff: BackoffPolicy | None = None,
+        activity: ActivityFeed | None = None,
+    ) -> None:
         self.output = output
+        self.activity = activity if activity is not None else ActivityFeed()
         self.name = f"jsonl[{output.path if output.path is not None else 'stdout'}]"
         self._backoff_policy = backoff
 
@@ -46,10 +54,12 @@ class JsonlSink:
         backoff = Backoff(self._backoff_policy)
         written_version = 0
         while True:
+            version = 0
             try:
                 stream = await trio.to_thread.run_sync(self._open)
                 try:
                     backoff.connected()
+                    self.activity.record("sink", sink=self.name, event="connected")
                     while True:
                         # wait_newer(0) returns the current value at once, so a (re)opened
                         # file starts with the limits in force.
@@ -57,6 +67,7 @@ class JsonlSink:
                         line = jsonl_line(publication) + "\n"
                         await trio.to_thread.run_sync(_write_and_flush, stream, line)
                         written_version = version
+                        record_delivery(self.activity, self.name, version, None)
                 finally:
                     if stream is not sys.stdout:
                         stream.close()
@@ -65,6 +76,9 @@ class JsonlSink:
                 # of the bridge must not stop over its record of limits.
                 delay = backoff.next_delay()
                 logger.error("%s: cannot write: %s; retrying in %.1f s", self.name, exc, delay)
+                if version:
+                    record_delivery(self.activity, self.name, version, str(exc))
+                self.activity.record("sink", sink=self.name, event="disconnected", reason=str(exc))
                 written_version = 0
                 await trio.sleep(delay)
 

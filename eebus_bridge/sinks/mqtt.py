@@ -40,6 +40,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff
 from eebus_bridge.config import EverestApiOutput, EverestLegacyApiOutput, MqttTls
 
@@ -510,6 +511,7 @@ async def keep_mqtt_connected(
     settings: MqttSettings,
     serve: Callable[[MqttConnection], Awaitable[None]],
     backoff: Backoff,
+    activity: ActivityFeed,
 ) -> NoReturn:
     """Run `serve` on a connection, forever: reconnect with backoff whenever it fails or ends.
 
@@ -526,6 +528,7 @@ async def keep_mqtt_connected(
                     settings.describe(),
                     settings.client_id,
                 )
+                activity.record("sink", sink=name, event="connected")
                 await serve(conn)
                 await trio.sleep_forever()
         except MqttRefusedError as exc:
@@ -533,7 +536,9 @@ async def keep_mqtt_connected(
             # the bridge recovers by itself once the broker's password file is corrected.
             delay = backoff.next_delay()
             logger.error("%s: %s; retrying in %.1f s", name, exc, delay)
+            activity.record("sink", sink=name, event="disconnected", reason=str(exc))
         except MqttError as exc:
             delay = backoff.next_delay()
             logger.warning("%s: %s; retrying in %.1f s", name, exc, delay)
+            activity.record("sink", sink=name, event="disconnected", reason=str(exc))
         await trio.sleep(delay)

@@ -41,6 +41,7 @@ import attrs
 import trio
 import trio_websocket
 
+from eebus_bridge.activity import ActivityFeed, record_delivery
 from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import LpcConfig, RpcApiOutput
 from eebus_bridge.publication import LatestValue, Publication
@@ -221,8 +222,10 @@ class RpcApiSink:
         backoff: BackoffPolicy | None = None,
         connect_timeout_s: float = 10.0,
         call_timeout_s: float = 10.0,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.output = output
+        self.activity = activity if activity is not None else ActivityFeed()
         self.name = f"rpcapi[{output.url}]"
         self.unlimited_W = (
             output.unlimited_power_W
@@ -245,6 +248,7 @@ class RpcApiSink:
                 problem = _describe_group(group)
             delay = backoff.next_delay()
             logger.warning("%s: %s; reconnecting in %.1f s", self.name, problem, delay)
+            self.activity.record("sink", sink=self.name, event="disconnected", reason=problem)
             await trio.sleep(delay)
 
     async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
@@ -295,6 +299,7 @@ class RpcApiSink:
             )
         evse_indices = self.output.evse_indices or await self._discover_evses(peer)
         backoff.connected()
+        self.activity.record("sink", sink=self.name, event="connected")
         await self._deliver(peer, latest, evse_indices)
 
     async def _discover_evses(self, peer: _JsonRpcPeer) -> tuple[int, ...]:
@@ -332,6 +337,9 @@ class RpcApiSink:
             version, publication = pending
             problems = await self._apply(
                 peer, publication, evse_indices, again=version == self._delivered_version
+            )
+            record_delivery(
+                self.activity, self.name, version, "; ".join(problems) if problems else None
             )
             if not problems:
                 seen_version, pending = version, None
