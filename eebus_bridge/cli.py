@@ -10,7 +10,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from eebus_bridge import __version__
 from eebus_bridge.config import (
@@ -67,7 +69,36 @@ def _parser() -> argparse.ArgumentParser:
         # values given before the command when they are not repeated here.
         _add_logging_options(sub, defaults=False)
         sub.set_defaults(command=command)
+    _add_history_commands(commands)
     return parser
+
+
+def _add_history_commands(commands: Any) -> None:
+    """`history` and `report`: read the [history] file of a config (the bridge may be running)."""
+    from eebus_bridge.history.listing import FORMATS, KIND_GROUPS
+
+    window_help = "a span back from now (90s, 30m, 24h, 7d), 'now', or an ISO date(-time); UTC"
+    for name, command, help_text, since in (
+        ("history", _history, "list what the bridge recorded: writes, states, publications", "24h"),
+        ("report", _report, "write the HTML report or the SVG timeline of the limits", "7d"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+        sub.add_argument("--since", default=since, help=f"{window_help} (default: {since})")
+        sub.add_argument("--until", default="now", help=f"{window_help} (default: now)")
+        if name == "history":
+            sub.add_argument("--kind", choices=KIND_GROUPS, default="all")
+            sub.add_argument("--format", choices=FORMATS, default="table")
+        else:
+            sub.add_argument(
+                "--out",
+                type=Path,
+                required=True,
+                metavar="FILE",
+                help="report.html or timeline.svg",
+            )
+        _add_logging_options(sub, defaults=False)
+        sub.set_defaults(command=command)
 
 
 def _add_logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -115,3 +146,85 @@ def _run(args: argparse.Namespace) -> int:
     from eebus_bridge.runtime import run_bridge
 
     return run_bridge(loaded.config)
+
+
+def _history_window(args: argparse.Namespace) -> tuple[datetime, datetime] | None:
+    from eebus_bridge.history.listing import TimeArgumentError, parse_moment
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_moment(args.since, now)
+        until = parse_moment(args.until, now)
+    except TimeArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if until <= since:
+        print(
+            f"error: --until ({args.until}) must be after --since ({args.since})", file=sys.stderr
+        )
+        return None
+    return since, until
+
+
+def _history(args: argparse.Namespace) -> int:
+    from eebus_bridge.history import HistoryFileError, read_history
+    from eebus_bridge.history.listing import KIND_GROUPS, format_activities
+
+    loaded = _load_or_report(args.config)
+    window = _history_window(args)
+    if loaded is None or window is None:
+        return EXIT_CONFIG_ERROR
+    path = loaded.config.history_path
+    if not path.exists():
+        print(f"warning: no history at {path} yet", file=sys.stderr)
+    try:
+        activities = read_history(path, *window, kinds=KIND_GROUPS[args.kind])
+    except HistoryFileError as exc:
+        print(f"error: cannot read the history: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(format_activities(activities, args.format))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from eebus_bridge.history import HistoryFileError, read_history, timeline_svg
+    from eebus_bridge.history.report import render_report
+
+    loaded = _load_or_report(args.config)
+    window = _history_window(args)
+    if loaded is None or window is None:
+        return EXIT_CONFIG_ERROR
+    suffix = args.out.suffix.lower()
+    if suffix not in (".html", ".htm", ".svg"):
+        print(
+            f"error: --out {args.out}: must end in .html (report) or .svg (chart)", file=sys.stderr
+        )
+        return EXIT_CONFIG_ERROR
+    path = loaded.config.history_path
+    if not path.exists():
+        print(f"warning: no history at {path} yet", file=sys.stderr)
+    try:
+        activities = read_history(path, *window, context=True)
+    except HistoryFileError as exc:
+        print(f"error: cannot read the history: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    device = loaded.config.device
+    if suffix == ".svg":
+        text = timeline_svg(activities, *window)
+    else:
+        text = render_report(
+            activities,
+            *window,
+            device=f"{device.brand} {device.model}, serial {device.serial_number}",
+        )
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"wrote {args.out} ({len(activities)} records, {window[0]:%Y-%m-%d %H:%M} to "
+        f"{window[1]:%Y-%m-%d %H:%M} UTC)",
+        file=sys.stderr,
+    )
+    return EXIT_OK

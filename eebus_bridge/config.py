@@ -155,6 +155,18 @@ class RpcApiOutput:
 OutputConfig = JsonlOutput | EverestApiOutput | EverestLegacyApiOutput | RpcApiOutput
 
 
+HISTORY_FILE_NAME = "history.sqlite3"
+
+
+@attrs.frozen
+class HistoryConfig:
+    """[history]: the durable record of every limit (eebus_bridge/history)."""
+
+    enabled: bool = True
+    path: Path | None = None  # None = history.sqlite3 next to [lpc] state_file
+    retention_days: int = 400
+
+
 @attrs.frozen
 class StatusConfig:
     """The status endpoint (page, JSON, metrics, health). listen = "" switches it off.
@@ -175,8 +187,16 @@ class Config:
     sidecar: SidecarConfig
     lpc: LpcConfig
     outputs: tuple[OutputConfig, ...]
+    history: HistoryConfig = HistoryConfig()
     source: Path | None = None  # the file it was loaded from
     status: StatusConfig = StatusConfig()
+
+    @property
+    def history_path(self) -> Path:
+        """[history] path, or its default next to [lpc] state_file."""
+        if self.history.path is not None:
+            return self.history.path
+        return self.lpc.state_file.parent / HISTORY_FILE_NAME
 
 
 # --------------------------------------------------------------------------- public API
@@ -206,7 +226,7 @@ OUTPUT_TYPES: dict[str, type[OutputConfig]] = {
     "everest-legacy-api": EverestLegacyApiOutput,
     "rpcapi": RpcApiOutput,
 }
-_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "status")
+_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "history", "status")
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -230,6 +250,9 @@ def load_config(path: Path) -> LoadedConfig:
         _finish_output(output, key, base_dir, report)
         for key, output in _structure_outputs(document, report)
     ]
+    history = _structure_section(document, "history", HistoryConfig, report)
+    if history is not None and lpc is not None:
+        history = _finish_history(history, lpc, base_dir, report)
     status = _structure_section(document, "status", StatusConfig, report)
     if status is not None:
         _finish_status(status, report)
@@ -243,6 +266,7 @@ def load_config(path: Path) -> LoadedConfig:
         or eebus is None
         or sidecar is None
         or lpc is None
+        or history is None
         or status is None
     ):
         raise ConfigError(report.problems)
@@ -252,6 +276,7 @@ def load_config(path: Path) -> LoadedConfig:
         sidecar=sidecar,
         lpc=lpc,
         outputs=tuple(outputs),
+        history=history,
         source=source,
         status=status,
     )
@@ -680,6 +705,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "failsafe_duration_s": _FAILSAFE_DURATION,
         "failsafe_duration_max_s": _FAILSAFE_DURATION,
     },
+    HistoryConfig: {"retention_days": _between(1, 36500)},
     MqttTls: {},
     JsonlOutput: {"path": _stdout_or_path},
     EverestApiOutput: {
@@ -835,6 +861,21 @@ def _finish_lpc(lpc: LpcConfig, base_dir: Path, report: _Report) -> LpcConfig:
     # must be writable even when the file already exists.
     _report_location("lpc.state_file", _location_problem(state_file, folder_written=True), report)
     return attrs.evolve(lpc, state_file=state_file)
+
+
+def _finish_history(
+    history: HistoryConfig, lpc: LpcConfig, base_dir: Path, report: _Report
+) -> HistoryConfig:
+    """Default path: history.sqlite3 in the folder of [lpc] state_file (already absolute)."""
+    if history.path is None:
+        # The state file's folder, which _finish_lpc already checked the same way.
+        return attrs.evolve(history, path=lpc.state_file.parent / HISTORY_FILE_NAME)
+    path = _absolute(base_dir, history.path)
+    if history.enabled:
+        # SQLite's WAL mode keeps -wal and -shm files next to the database: the folder must
+        # be writable even when the file exists.
+        _report_location("history.path", _location_problem(path, folder_written=True), report)
+    return attrs.evolve(history, path=path)
 
 
 def _finish_status(status: StatusConfig, report: _Report) -> None:
@@ -1044,6 +1085,7 @@ def config_to_toml_dict(config: Config, *, hide_secrets: bool = True) -> dict[st
         "sidecar": _plain_table(config.sidecar),
         "lpc": _plain_table(config.lpc),
         "output": [_plain_output(output, hide_secrets) for output in config.outputs],
+        "history": _plain_table(config.history),
         "status": _plain_status(config.status, hide_secrets),
     }
 

@@ -31,12 +31,13 @@ from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
+from eebus_bridge.history import HistoryStore, read_history, timeline_svg
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.sidecar_client import SidecarRpcError, SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited, SidecarProcess, sidecar_command
 from eebus_bridge.sinks import Sink, make_sink
-from eebus_bridge.status import StatusEndpoint, StatusSources, StatusTracker
+from eebus_bridge.status import HistoryAccess, StatusEndpoint, StatusSources, StatusTracker
 
 log = logging.getLogger("eebus_bridge")
 
@@ -100,15 +101,27 @@ class Bridge:
         ]
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
+        self.history: HistoryStore | None = None
+        if config.history.enabled:
+            self.history = HistoryStore(config.history_path, config.history.retention_days)
+            self.activity.subscribe(self.history.observe)
         self.status = StatusTracker(sink.name for sink in self.sinks)
         if config.status.listen:  # no observer, no cost, when the endpoint is off
             self.activity.subscribe(self.status)
-        self.status_endpoint = StatusEndpoint(
-            StatusSources(
-                config, self.status, self.runner.engine, self.publications, trio.current_time
-            ),
-            config.status,
+        sources = StatusSources(
+            config,
+            self.status,
+            self.runner.engine,
+            self.publications,
+            trio.current_time,
+            history_enabled=config.history.enabled,
         )
+        history = (
+            HistoryAccess(config.history_path, read_history, timeline_svg)
+            if config.history.enabled
+            else None
+        )
+        self.status_endpoint = StatusEndpoint(sources, config.status, history=history)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.activity.record("bridge", event="start")
@@ -120,6 +133,8 @@ class Bridge:
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))
         async with trio.open_nursery() as nursery:
+            if self.history is not None:
+                nursery.start_soon(self._keep_running, "history", self.history.run)
             nursery.start_soon(self._keep_running, "lpc", self.runner.run)
             for sink in self.sinks:
                 nursery.start_soon(

@@ -52,7 +52,8 @@ def write_config(
     timing: dict[str, object] | None = None,
     sidecar: dict[str, object] | None = None,
     status: dict[str, object] | None = None,
-    jsonl: str = "publications.jsonl",
+    history: dict[str, object] | None = None,
+    jsonl: str | None = "publications.jsonl",  # None: no JSONL output
     extra_outputs: str = "",
 ) -> Path:
     """A complete bridge config in folder/bridge.toml (values merged over test defaults)."""
@@ -81,12 +82,15 @@ def write_config(
         # Off unless a test asks: tests run in parallel and must not fight over port 8780.
         "status": {"listen": "", **(status or {})},
     }
+    if history is not None:
+        sections["history"] = history
     lines: list[str] = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         lines.append("")
-    lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
+    if jsonl is not None:
+        lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
     lines.append(dedent(extra_outputs))
     path = folder / "bridge.toml"
     path.write_text("\n".join(lines))

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import html
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Collection, Sequence
@@ -40,9 +41,15 @@ from eebus_bridge.status.endpoint import HistoryAccess
 from eebus_bridge.status.metrics import CONTENT_TYPE, BridgeMetrics
 from eebus_bridge.status.snapshot import StatusSources, health_reasons, iso, status_snapshot
 
+log = logging.getLogger("eebus_bridge.status")
+
 COOKIE = "eebus_bridge_status"
 HISTORY_MAX_ROWS = 10_000
 """Most activities one /api/history answer carries (the newest ones; `truncated` says so)."""
+
+
+class HistoryUnavailable(RuntimeError):
+    """The history file could not be read."""
 
 
 class BadQuery(ValueError):
@@ -196,11 +203,19 @@ def make_status_app(
             raise BadQuery("since must be before until")
         return since, until
 
-    async def read(since: datetime, until: datetime, kinds: Collection[str] | None) -> list[Any]:
+    async def read(
+        since: datetime, until: datetime, kinds: Collection[str] | None, *, context: bool = False
+    ) -> list[Activity]:
+        """The history in a worker thread (SQLite reads block); context: what was in force
+        at `since` comes first (for the chart)."""
         assert history is not None
-        activities: list[Activity] = await trio.to_thread.run_sync(
-            lambda: history.read(history.path, since, until, kinds)
-        )
+        try:
+            activities: list[Activity] = await trio.to_thread.run_sync(
+                lambda: history.read(history.path, since, until, kinds, context=context)
+            )
+        except Exception as exc:  # a broken or unreadable file: say so, never crash the app
+            log.warning("cannot read the history %s: %s", history.path, exc)
+            raise HistoryUnavailable(f"cannot read the history: {exc}") from None
         return activities
 
     async def api_history(request: Request) -> Response:
@@ -211,7 +226,10 @@ def make_status_app(
             kinds = _kinds(request.query_params.get("kind"))
         except BadQuery as exc:
             return _json({"error": str(exc)}, 400)
-        activities = await read(since, until, kinds)
+        try:
+            activities = await read(since, until, kinds)
+        except HistoryUnavailable as exc:
+            return _json({"error": str(exc)}, 503)
         shown: Sequence[Activity] = activities[-HISTORY_MAX_ROWS:]
         return _json(
             {
@@ -230,7 +248,10 @@ def make_status_app(
             since, until = span(request)
         except BadQuery as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400)
-        activities = await read(since, until, None)
+        try:
+            activities = await read(since, until, None, context=True)
+        except HistoryUnavailable as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=503)
         svg = history.timeline_svg(activities, since, until, width=1100, height=300)
         return Response(svg, media_type="image/svg+xml", headers=_NO_STORE)
 

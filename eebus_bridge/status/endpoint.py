@@ -11,6 +11,7 @@ every RETRY_S seconds.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -54,12 +55,14 @@ class StatusEndpoint:
         *,
         history: HistoryAccess | None = None,
         user_timeout_s: float = USER_TIMEOUT_S,
+        read_timeout_s: int = 10,
         retry_s: float = RETRY_S,
     ) -> None:
         self.sources = sources
         self.config = config
         self.history = history
-        self.user_timeout_s = user_timeout_s
+        self.user_timeout_s = user_timeout_s  # stalled reader -> connection aborted
+        self.read_timeout_s = read_timeout_s  # half a request -> connection dropped
         self.retry_s = retry_s
         self.url: str | None = None
         self.bound = trio.Event()
@@ -87,7 +90,11 @@ class StatusEndpoint:
                 await trio.sleep(self.retry_s)
                 continue
             async with trio.open_nursery() as nursery:
-                binds: list[str] = await nursery.start(serve_status_app, app, sock)
+                binds: list[str] = await nursery.start(
+                    functools.partial(serve_status_app, read_timeout_s=self.read_timeout_s),
+                    app,
+                    sock,
+                )
                 self.url = binds[0]
                 log.info("status page on %s", self.url)
                 self.bound.set()

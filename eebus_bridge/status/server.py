@@ -63,6 +63,7 @@ async def serve_status_app(
     app: ASGIApp,
     sock: socket.socket,
     *,
+    read_timeout_s: int = READ_TIMEOUT_S,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `sock` (taken over) until cancelled; started() gives the bound URLs."""
@@ -70,7 +71,7 @@ async def serve_status_app(
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = _hypercorn_log
-    config.read_timeout = READ_TIMEOUT_S
+    config.read_timeout = read_timeout_s
     config.keep_alive_timeout = KEEP_ALIVE_S
     config.graceful_timeout = 1.0
     config.include_server_header = False
