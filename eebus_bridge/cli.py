@@ -70,7 +70,26 @@ def _parser() -> argparse.ArgumentParser:
         _add_logging_options(sub, defaults=False)
         sub.set_defaults(command=command)
     _add_history_commands(commands)
+    _add_status_command(commands)
     return parser
+
+
+def _add_status_command(commands: Any) -> None:
+    help_text = "print the running bridge's status (exit 0 healthy, 1 unhealthy, 3 not running)"
+    sub = commands.add_parser("status", help=help_text, description=help_text)
+    sub.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+    sub.add_argument("--json", action="store_true", help="print /api/status as JSON")
+    _add_logging_options(sub, defaults=False)
+    sub.set_defaults(command=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG_ERROR
+    from eebus_bridge.status.client import print_status
+
+    return print_status(loaded.config, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
 
 def _add_history_commands(commands: Any) -> None:

@@ -23,8 +23,12 @@ class StatusRun:
     bridge: Bridge
     publications: RecordingPublications
     url: str
+    token: str | None = None
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An httpx client for the endpoint (sending the token when one is configured)."""
+        if self.token is not None:
+            kwargs.setdefault("headers", {"Authorization": f"Bearer {self.token}"})
         return httpx.AsyncClient(base_url=self.url, timeout=10.0, **kwargs)
 
 
@@ -59,7 +63,8 @@ async def status_bridge(
                 with trio.fail_after(20):
                     await bridge.status_endpoint.bound.wait()
                 assert bridge.status_endpoint.url is not None
-                yield StatusRun(sim, bridge, publications, bridge.status_endpoint.url)
+                token = bridge.config.status.token
+                yield StatusRun(sim, bridge, publications, bridge.status_endpoint.url, token)
             finally:
                 nursery.cancel_scope.cancel()
     for publication in publications.history:
