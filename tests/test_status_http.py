@@ -115,6 +115,27 @@ async def test_page_is_served_with_a_nonce_policy_and_the_status_inside(tmp_path
     assert '"state":"Limited"' in response.text  # the first paint needs no request
 
 
+async def test_text_from_the_network_cannot_become_markup(tmp_path: Path) -> None:
+    hostile = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
+    async with status_bridge(tmp_path) as run, run.client() as client:
+        run.bridge.activity.record(
+            "discovery",
+            event="DISCOVERED",
+            ski="ab" * 20,
+            brand=hostile,
+            model=hostile,
+            device_type="EnergyManagementSystem",
+            trusted=False,
+        )
+        page = (await client.get("/")).text
+        status = (await client.get("/api/status")).json()
+
+    assert status["energy_managers"][0]["brand"] == hostile  # the data is kept as it came
+    assert "<script>alert" not in page
+    assert "<img" not in page
+    assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(1)" in page
+
+
 async def test_history_api_returns_what_happened_and_names_bad_input(tmp_path: Path) -> None:
     async with status_bridge(tmp_path, **CONTROLBOX_FAST) as run:
         await wait_for_status(run, limited)

@@ -193,6 +193,8 @@ class StatusTracker:
 
     def _delivery(self, time: datetime, fields: dict[str, Any]) -> None:
         sink = self._sink_named(fields.get("sink"))
+        if sink is None:
+            return
         ok = bool(fields.get("ok"))
         sink.last_delivery = Delivery(time, fields.get("version"), ok, fields.get("error"))
         if ok:
@@ -203,17 +205,18 @@ class StatusTracker:
     def _sink(self, time: datetime, fields: dict[str, Any]) -> None:
         sink = self._sink_named(fields.get("sink"))
         event = fields.get("event")
-        if event not in ("connected", "disconnected"):
+        if sink is None or event not in ("connected", "disconnected"):
             return
         sink.connected = event == "connected"
         sink.changed = time
         sink.reason = None if sink.connected else (fields.get("reason") or None)
 
-    def _sink_named(self, name: object) -> SinkStatus:
-        key = str(name)
-        if key not in self.sinks:
-            self.sinks[key] = SinkStatus(key)
-        return self.sinks[key]
+    def _sink_named(self, name: object) -> SinkStatus | None:
+        if not isinstance(name, str) or not name:
+            return None
+        if name not in self.sinks:
+            self.sinks[name] = SinkStatus(name)
+        return self.sinks[name]
 
     _HANDLERS: ClassVar[dict[str, Callable[[StatusTracker, datetime, dict[str, Any]], None]]] = {
         "bridge": _bridge,
