@@ -73,7 +73,11 @@ class StatusEndpoint:
             await trio.sleep(math.inf)
         await trio.to_thread.run_sync(_import_web_stack)
         from eebus_bridge.status.app import make_status_app
-        from eebus_bridge.status.server import listening_socket, serve_status_app
+        from eebus_bridge.status.server import (
+            listening_socket,
+            serve_status_app,
+            shut_down_connections,
+        )
 
         app = make_status_app(self.sources, token=self.config.token, history=self.history)
         host, port = parse_listen(self.config.listen)
@@ -89,6 +93,7 @@ class StatusEndpoint:
                 )
                 await trio.sleep(self.retry_s)
                 continue
+            bound_port: int = sock.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
                     functools.partial(serve_status_app, read_timeout_s=self.read_timeout_s),
@@ -98,3 +103,9 @@ class StatusEndpoint:
                 self.url = binds[0]
                 log.info("status page on %s", self.url)
                 self.bound.set()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Cancelled (shutdown): a client that stopped reading must not hold the
+                    # exit until the kernel's user timeout (see server.py).
+                    shut_down_connections(bound_port)

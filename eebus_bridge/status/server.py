@@ -18,12 +18,18 @@ wait for a client. Two limits keep stalled connections from piling up:
   kernel aborts a connection whose sent data stays unacknowledged (zero-window probes
   included) for that long, and the blocked send fails. Measured on Linux: the abort comes
   about 0.5 s after the timeout.
+- At shutdown the bridge cannot wait that long (it exits within 2 s of SIGTERM), so the
+  endpoint shuts down every connection accepted on its port at the socket level
+  (`shut_down_connections`); a send blocked on such a socket fails at once. Hypercorn does
+  not hand out its connections, so they are found among the process's file descriptors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import stat
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -76,3 +82,36 @@ async def serve_status_app(
     config.graceful_timeout = 1.0
     config.include_server_header = False
     await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def shut_down_connections(listener_port: int) -> int:
+    """shutdown(SHUT_RDWR) every connected TCP socket of this process whose local port is
+    `listener_port` (the connections accepted by the status endpoint); returns how many.
+
+    Linux: the descriptors come from /proc/self/fd; elsewhere nothing is done and the
+    kernel's user timeout still ends a stalled connection.
+    """
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    count = 0
+    for fd in descriptors:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != listener_port:
+                    continue
+                sock.getpeername()  # the listening socket has no peer: it stays
+                sock.shutdown(socket.SHUT_RDWR)
+                count += 1
+            except OSError:
+                continue
+    return count
