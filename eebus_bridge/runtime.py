@@ -115,6 +115,7 @@ class Bridge:
             self.publications,
             trio.current_time,
             history_enabled=config.history.enabled,
+            history_writer=self.history,
         )
         history = (
             HistoryAccess(config.history_path, read_history, timeline_svg)

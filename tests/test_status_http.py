@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._bridge_fixtures import EG_SKI, simulated_bridge
@@ -60,7 +61,9 @@ async def test_api_status_has_every_fact_of_the_page(tmp_path: Path) -> None:
     assert isinstance(manager["trusted"], bool)
     assert status["healthy"] is True
     assert status["reasons"] == []
-    assert status["history"] == {"enabled": True}
+    assert status["history"]["enabled"] is True
+    assert status["history"]["last_error"] is None
+    assert status["history"]["dropped"] == 0
 
 
 async def test_metrics_parse_back_with_prometheus_client(tmp_path: Path) -> None:
@@ -99,6 +102,10 @@ async def test_metrics_parse_back_with_prometheus_client(tmp_path: Path) -> None
     assert value("eebus_bridge_publication_latency_seconds_count") >= 1.0
     assert value("eebus_bridge_publication_latency_seconds_bucket", le="+Inf") >= 1.0
     assert 0.0 < value("eebus_bridge_publication_latency_seconds_sum") < 1.0
+    assert value("eebus_bridge_history_rows_dropped_total") == 0.0
+    assert value("eebus_bridge_history_write_failures_total") == 0.0
+    # The bridge's own registry: nothing lands in prometheus-client's global one.
+    assert not [m.name for m in REGISTRY.collect() if m.name.startswith("eebus")]
 
 
 async def test_page_is_served_with_a_nonce_policy_and_the_status_inside(tmp_path: Path) -> None:

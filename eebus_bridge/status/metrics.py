@@ -146,6 +146,23 @@ class BridgeCollector(Collector):
             "Energy managers currently seen on the network",
             len(tracker.energy_managers),
         )
+        writer = sources.history_writer
+        if writer is not None:
+            yield CounterMetricFamily(
+                "eebus_bridge_history_rows_written",
+                "Activities written to the history file",
+                value=writer.written,
+            )
+            yield CounterMetricFamily(
+                "eebus_bridge_history_rows_dropped",
+                "Activities lost because the history file could not be written for too long",
+                value=writer.dropped,
+            )
+            yield CounterMetricFamily(
+                "eebus_bridge_history_write_failures",
+                "Failed attempts to write the history file",
+                value=writer.failures,
+            )
         yield _latency_histogram(
             tracker.latency_buckets, tracker.latency_sum_s, tracker.latency_count
         )

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -33,6 +33,19 @@ LPC_LATE_S = 5.0
 """An LPC deadline overdue by this much means the lpc task is stuck (it wakes within ms)."""
 
 
+class HistoryWriterState(Protocol):
+    """What the status shows of the history writer (eebus_bridge.history.HistoryStore)."""
+
+    @property
+    def written(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+
+
 @attrs.frozen
 class StatusSources:
     """Everything a status snapshot reads; the runtime builds one per bridge."""
@@ -44,6 +57,7 @@ class StatusSources:
     monotonic: Callable[[], float]  # the engine's clock (trio.current_time in the bridge)
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     history_enabled: bool = False
+    history_writer: HistoryWriterState | None = None
 
 
 def iso(time: datetime | None) -> str | None:
@@ -121,9 +135,21 @@ def status_snapshot(sources: StatusSources) -> dict[str, Any]:
             }
             for manager in sorted(tracker.energy_managers.values(), key=lambda m: m.ski)
         ],
-        "history": {"enabled": sources.history_enabled},
+        "history": _history(sources),
         "healthy": not reasons,
         "reasons": reasons,
+    }
+
+
+def _history(sources: StatusSources) -> dict[str, Any]:
+    writer = sources.history_writer
+    if not sources.history_enabled or writer is None:
+        return {"enabled": sources.history_enabled}
+    return {
+        "enabled": True,
+        "written": writer.written,
+        "dropped": writer.dropped,
+        "last_error": writer.last_error,
     }
 
 
