@@ -252,7 +252,7 @@ def load_config(path: Path) -> LoadedConfig:
     ]
     history = _structure_section(document, "history", HistoryConfig, report)
     if history is not None and lpc is not None:
-        history = _finish_history(history, lpc, base_dir, report)
+        history = _finish_history(history, lpc, base_dir)
     status = _structure_section(document, "status", StatusConfig, report)
     if status is not None:
         _finish_status(status, report)
@@ -863,19 +863,15 @@ def _finish_lpc(lpc: LpcConfig, base_dir: Path, report: _Report) -> LpcConfig:
     return attrs.evolve(lpc, state_file=state_file)
 
 
-def _finish_history(
-    history: HistoryConfig, lpc: LpcConfig, base_dir: Path, report: _Report
-) -> HistoryConfig:
-    """Default path: history.sqlite3 in the folder of [lpc] state_file (already absolute)."""
+def _finish_history(history: HistoryConfig, lpc: LpcConfig, base_dir: Path) -> HistoryConfig:
+    """Default path: history.sqlite3 in the folder of [lpc] state_file (already absolute).
+
+    A location the bridge cannot write is only a warning (see _warnings): the history is a
+    record of the control, never a reason to stop controlling.
+    """
     if history.path is None:
-        # The state file's folder, which _finish_lpc already checked the same way.
         return attrs.evolve(history, path=lpc.state_file.parent / HISTORY_FILE_NAME)
-    path = _absolute(base_dir, history.path)
-    if history.enabled:
-        # SQLite's WAL mode keeps -wal and -shm files next to the database: the folder must
-        # be writable even when the file exists.
-        _report_location("history.path", _location_problem(path, folder_written=True), report)
-    return attrs.evolve(history, path=path)
+    return attrs.evolve(history, path=_absolute(base_dir, history.path))
 
 
 def _finish_status(status: StatusConfig, report: _Report) -> None:
@@ -1022,6 +1018,14 @@ def _warnings(config: Config) -> list[str]:
             f"lpc.max_nominal_power_W = {_number(lpc.max_nominal_power_W)}, so failsafe does "
             "not limit anything"
         )
+    if config.history.enabled:
+        # SQLite's WAL mode keeps -wal and -shm files next to the database: the folder must
+        # be writable even when the file exists.
+        problem = _location_problem(config.history_path, folder_written=True)
+        if problem is not None:
+            warnings.append(
+                f"history.path: {problem}; the bridge runs, but records no history until it can"
+            )
     for field in attrs.fields(LpcTiming):
         value = getattr(lpc.timing, field.name)
         spec_value = getattr(SPEC_LPC_TIMING, field.name)

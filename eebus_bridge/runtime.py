@@ -130,6 +130,8 @@ class Bridge:
             await self._run(task_status=task_status)
         finally:
             self.activity.record("bridge", event="stop")
+            if self.history is not None:
+                await self.history.aclose()
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         self.runner.start(load_failsafe_values(self.config.lpc.state_file))

@@ -79,11 +79,10 @@ def write_config(
         },
         "lpc": {"state_file": "state.json", **(lpc or {})},
         "lpc.timing": {**FAST_TIMING, **(timing or {})},
+        "history": history or {},
         # Off unless a test asks: tests run in parallel and must not fight over port 8780.
         "status": {"listen": "", **(status or {})},
     }
-    if history is not None:
-        sections["history"] = history
     lines: list[str] = []
     for name, values in sections.items():
         lines.append(f"[{name}]")

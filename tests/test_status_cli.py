@@ -16,9 +16,13 @@ from eebus_bridge.cli import main
 from tests._bridge_fixtures import EG_SKI, write_config
 from tests._broker import free_port
 from tests._status_fixtures import status_bridge, wait_for_status
+from tests.test_cli import root_logger
 from tools.hems_simulator import open_simulator_process
 
 TOKEN = "cli-test-token-0123456789"
+
+# main() sets up process-wide logging; every test calling it restores the root logger.
+pytestmark = pytest.mark.usefixtures(root_logger.__name__)
 
 
 async def run_cli(*args: str) -> int:

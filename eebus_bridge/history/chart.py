@@ -39,6 +39,9 @@ _TIME_STEPS = (
     86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
 )  # fmt: skip
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LEFT_MARGIN = 64  # room for the watt labels
+_UNLIMITED_Y = 6  # below the plot's top edge: where "no limit" is drawn
+_UNLIMITED_GAP = 22  # plot height above the highest watt tick
 _XScale = Callable[[datetime], float]
 _YScale = Callable[[float], float]
 
@@ -58,7 +61,7 @@ def timeline_svg(
 def timeline_svg_of(timeline: Timeline, *, width: int = 960, height: int = 280) -> str:
     """The chart of an already derived timeline (the report derives it once for everything)."""
     since, until = timeline.since, timeline.until
-    left, right, bottom = 64, 16, 40
+    left, right, bottom = LEFT_MARGIN, 28, 40
     legend, legend_h = _legend(width, left)
     top = legend_h + 14
     plot_w = max(width - left - right, 10)
@@ -68,16 +71,25 @@ def timeline_svg_of(timeline: Timeline, *, width: int = 960, height: int = 280) 
     def x(moment: datetime) -> float:
         return left + (moment - since).total_seconds() / span_s * plot_w
 
+    # The scale follows the limits and the active writes; an inactive write means "no limit"
+    # and sits on the top line with the unlimited periods.
     values = [s.limit_W for s in timeline.limits if s.limit_W is not None]
     values += [
         float(w.fields["value_W"])
         for w in timeline.writes
-        if isinstance(w.fields.get("value_W"), int | float) and math.isfinite(w.fields["value_W"])
+        if w.fields.get("active", True)
+        and isinstance(w.fields.get("value_W"), int | float)
+        and math.isfinite(w.fields["value_W"])
     ]
     y_max, y_step = _nice_scale(max(values, default=0.0))
 
+    # The top strip of the plot is "no limit", above the highest watt tick.
+    scale_h = plot_h - _UNLIMITED_GAP
+
     def y(watts: float) -> float:
-        return top + plot_h - min(max(watts, 0.0), y_max) / y_max * plot_h
+        if watts > y_max:
+            return float(top + _UNLIMITED_Y)
+        return top + plot_h - max(watts, 0.0) / y_max * scale_h
 
     out: list[str] = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
@@ -92,6 +104,8 @@ def timeline_svg_of(timeline: Timeline, *, width: int = 960, height: int = 280) 
     # State bands behind everything; Failsafe hatched with a red frame so it stands out.
     for band in timeline.states:
         x0, x1 = x(band.start), x(band.end)
+        if band.state == "Failsafe" and x1 - x0 < 4:  # minutes in a week: keep it visible
+            x0, x1 = (x0 + x1) / 2 - 2, (x0 + x1) / 2 + 2
         colour = STATE_COLOURS.get(band.state, "#d1d5db")
         title = f"<title>{escape(band.state)}: {_iso(band.start)} to {_iso(band.end)}</title>"
         if band.state == "Failsafe":
@@ -118,6 +132,10 @@ def timeline_svg_of(timeline: Timeline, *, width: int = 960, height: int = 280) 
             f"{escape(_watts_label(watts, y_max))}</text>"
         )
         watts += y_step
+    out.append(
+        f"<text x='{left - 6}' y='{top + _UNLIMITED_Y + 4}' text-anchor='end' fill='{_TEXT}' "
+        "font-size='11'>no limit</text>"
+    )
     out.append(
         f"<rect x='{left}' y='{top}' width='{plot_w}' height='{plot_h}' fill='none' "
         f"stroke='#9ca3af' stroke-width='1'/>"
@@ -178,7 +196,7 @@ def _time_axis(
         tx = x(tick)
         day = tick.date()
         if step >= 86400:
-            label, sub = tick.strftime("%b %d"), ""
+            label, sub = tick.strftime("%a %d %b"), ""
         else:
             label = tick.strftime("%H:%M:%S" if step < 60 else "%H:%M")
             sub = tick.strftime("%Y-%m-%d") if day != previous_day else ""
@@ -197,7 +215,7 @@ def _time_axis(
             )
         tick += timedelta(seconds=step)
     out.append(
-        f"<text x='{64 + plot_w:.1f}' y='{base + 31}' text-anchor='end' fill='#6b7280' "
+        f"<text x='{LEFT_MARGIN + plot_w:.1f}' y='{base + 31}' text-anchor='end' fill='#6b7280' "
         "font-size='11'>time (UTC)</text>"
     )
     return out
@@ -208,7 +226,7 @@ def _limit_path(timeline: Timeline, x: _XScale, y: _YScale, top: int) -> str:
     parts: list[str] = []
     previous_end: datetime | None = None
     for span in timeline.limits:
-        level = y(span.limit_W) if span.limit_W is not None else float(top) + 1
+        level = y(span.limit_W) if span.limit_W is not None else float(top + _UNLIMITED_Y)
         x0, x1 = x(span.start), x(span.end)
         if previous_end is not None and previous_end == span.start:
             parts.append(f"V{level:.1f}H{x1:.1f}")
@@ -222,8 +240,9 @@ def _limit_path(timeline: Timeline, x: _XScale, y: _YScale, top: int) -> str:
         else ""
     )
     unlimited = [
-        f"<line class='unlimited' x1='{x(s.start):.1f}' y1='{top + 1}' x2='{x(s.end):.1f}' "
-        f"y2='{top + 1}' stroke='white' stroke-width='2.5' stroke-dasharray='6 5'>"
+        f"<line class='unlimited' x1='{x(s.start):.1f}' y1='{top + _UNLIMITED_Y}' "
+        f"x2='{x(s.end):.1f}' y2='{top + _UNLIMITED_Y}' stroke='white' stroke-width='2.5' "
+        "stroke-dasharray='6 5'>"
         f"<title>unlimited: {_iso(s.start)} to {_iso(s.end)}</title></line>"
         for s in timeline.limits
         if s.limit_W is None
@@ -246,7 +265,12 @@ def _write_markers(timeline: Timeline, x: _XScale, y: _YScale) -> list[str]:
         value = fields.get("value_W")
         finite = isinstance(value, int | float) and math.isfinite(value)
         wx = x(write.time)
-        wy = y(float(value)) if isinstance(value, int | float) and finite else y(0.0)
+        if not fields.get("active", True):
+            wy = y(math.inf)  # "no limit": on the top line
+        elif isinstance(value, int | float) and finite:
+            wy = y(float(value))
+        else:
+            wy = y(0.0)
         shown = f"{value:g} W" if finite else str(value)
         active = "" if fields.get("active", True) else " (inactive)"
         verdict = "approved" if fields.get("approved") else f"denied: {fields.get('reason')}"

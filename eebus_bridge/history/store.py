@@ -91,7 +91,7 @@ def _encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
 
-def _connect_for_writing(path: Path) -> sqlite3.Connection:
+def connect_for_writing(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: transactions are explicit (BEGIN ... COMMIT) below.
     connection = sqlite3.connect(
@@ -152,13 +152,15 @@ class HistoryStore:
         retention_days: float,
         *,
         batch_s: float = BATCH_S,
-        connect: Connect = _connect_for_writing,
+        connect: Connect = connect_for_writing,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.path = path
         self.retention_days = retention_days
         self.batch_s = batch_s
         self._connect = connect
-        self._pending: list[tuple[int, str, str]] = []
+        self._max_pending = max_pending
+        self._pending: list[Activity] = []
         self._arrived = trio.Event()
         self._connection: sqlite3.Connection | None = None
         self._last_error_logged: float | None = None
@@ -167,41 +169,44 @@ class HistoryStore:
         self.dropped = 0  # rows lost because the file could not be written for too long
         self.failures = 0  # failed write attempts
         self.last_error: str | None = None  # None while writing works
+        self.prunes = 0  # completed retention passes
+        self.pruned = 0  # rows the retention passes deleted
 
     # ------------------------------------------------------------------ the event path
 
     def observe(self, activity: Activity) -> None:
-        """ActivityFeed observer: encode and queue; never blocks, never touches the disk.
+        """ActivityFeed observer: only queues it (the worker thread encodes and writes), so it
+        never blocks and never touches the disk.
 
         Called in the Trio thread (the runtime records there), before or while `run` runs.
         """
-        self._pending.append((to_ms(activity.time), activity.kind, _encode_fields(activity.fields)))
-        if len(self._pending) > MAX_PENDING:
-            overflow = len(self._pending) - MAX_PENDING
-            del self._pending[:overflow]
-            self.dropped += overflow
+        self._pending.append(activity)
+        if len(self._pending) > self._max_pending:
+            self._drop_oldest()
         self._arrived.set()
 
     # ------------------------------------------------------------------ the writer task
 
     async def run(self) -> None:
-        """Flush batches in a worker thread; prune hourly; never raises for file trouble."""
+        """Flush batches in a worker thread; prune hourly; never raises for file trouble.
+
+        Call `aclose` after it ended: it writes what came in meanwhile (the bridge's "stop").
+        """
         next_prune = trio.current_time()  # retention runs at start too
-        try:
-            while True:
-                retry_at = (
-                    math.inf if self._failing_since is None else trio.current_time() + RETRY_S
-                )
-                with trio.move_on_at(min(next_prune, retry_at)):
-                    await self._arrived.wait()
-                    await trio.sleep(self.batch_s)  # let a burst gather into one transaction
-                prune = trio.current_time() >= next_prune
-                await self._flush(prune=prune)
-                if prune:
-                    next_prune = trio.current_time() + PRUNE_INTERVAL_S
-        finally:
-            # Cancelled at shutdown: write what is queued (bridge "stop" included), briefly.
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        while True:
+            retry_at = math.inf if self._failing_since is None else trio.current_time() + RETRY_S
+            with trio.move_on_at(min(next_prune, retry_at)):
+                await self._arrived.wait()
+                await trio.sleep(self.batch_s)  # let a burst gather into one transaction
+            prune = trio.current_time() >= next_prune
+            await self._flush(prune=prune)
+            if prune:
+                next_prune = trio.current_time() + PRUNE_INTERVAL_S
+
+    async def aclose(self) -> None:
+        """Write what is queued and close the file; shielded and at most ~2 s (shutdown)."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(2.0):
                 await self._flush(prune=False)
             await self._close()
 
@@ -213,17 +218,19 @@ class HistoryStore:
             return
         cutoff_ms = to_ms(datetime.now(UTC) - timedelta(days=self.retention_days))
         try:
-            await trio.to_thread.run_sync(self._write, batch, cutoff_ms if prune else None)
+            deleted = await trio.to_thread.run_sync(
+                self._write, batch, cutoff_ms if prune else None
+            )
         except (sqlite3.Error, OSError, HistoryFileError) as exc:
             self._pending[:0] = batch  # keep them, oldest first, for the next attempt
-            if len(self._pending) > MAX_PENDING:
-                overflow = len(self._pending) - MAX_PENDING
-                del self._pending[:overflow]
-                self.dropped += overflow
+            self._drop_oldest()
             self._failed(exc)
             await self._close()
         else:
             self.written += len(batch)
+            if prune:
+                self.prunes += 1
+                self.pruned += deleted
             if self._failing_since is not None:
                 log.warning(
                     "history: writing to %s works again (%d failed attempts)",
@@ -233,23 +240,35 @@ class HistoryStore:
             self._failing_since = None
             self.last_error = None
 
-    def _write(self, batch: Sequence[tuple[int, str, str]], prune_before_ms: int | None) -> None:
-        """In a worker thread: one transaction for the batch (and the retention delete)."""
+    def _write(self, batch: Sequence[Activity], prune_before_ms: int | None) -> int:
+        """In a worker thread: one transaction for the batch and the retention delete; returns
+        the number of rows deleted."""
+        rows = [(to_ms(a.time), a.kind, _encode_fields(a.fields)) for a in batch]
         if self._connection is None:
             self._connection = self._connect(self.path)
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
-                "INSERT INTO activity (time_ms, kind, fields) VALUES (?, ?, ?)", batch
+                "INSERT INTO activity (time_ms, kind, fields) VALUES (?, ?, ?)", rows
             )
+            deleted = 0
             if prune_before_ms is not None:
-                connection.execute("DELETE FROM activity WHERE time_ms < ?", (prune_before_ms,))
+                deleted = connection.execute(
+                    "DELETE FROM activity WHERE time_ms < ?", (prune_before_ms,)
+                ).rowcount
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.rollback()
             raise
+        return deleted
+
+    def _drop_oldest(self) -> None:
+        overflow = len(self._pending) - self._max_pending
+        if overflow > 0:
+            del self._pending[:overflow]
+            self.dropped += overflow
 
     def _failed(self, exc: BaseException) -> None:
         now = trio.current_time()
