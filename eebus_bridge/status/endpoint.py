@@ -28,7 +28,8 @@ from eebus_bridge.status.snapshot import StatusSources
 log = logging.getLogger("eebus_bridge.status")
 
 RETRY_S = 30.0
-USER_TIMEOUT_S = 10.0
+USER_TIMEOUT_S = 10.0  # a client that stops reading is cut off after this long
+READ_TIMEOUT_S = 10  # a client that sends half a request is dropped after this long
 
 
 @attrs.frozen
@@ -55,7 +56,7 @@ class StatusEndpoint:
         *,
         history: HistoryAccess | None = None,
         user_timeout_s: float = USER_TIMEOUT_S,
-        read_timeout_s: int = 10,
+        read_timeout_s: int = READ_TIMEOUT_S,
         retry_s: float = RETRY_S,
     ) -> None:
         self.sources = sources
@@ -83,7 +84,11 @@ class StatusEndpoint:
         host, port = parse_listen(self.config.listen)
         while True:
             try:
-                sock = listening_socket(host, port, user_timeout_s=self.user_timeout_s)
+                sock = await trio.to_thread.run_sync(
+                    functools.partial(
+                        listening_socket, host, port, user_timeout_s=self.user_timeout_s
+                    )
+                )
             except OSError as exc:
                 log.error(
                     "status endpoint cannot listen on %s: %s; retrying in %g s",

@@ -36,20 +36,22 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.types import ASGIApp
 
+from eebus_bridge.status.endpoint import READ_TIMEOUT_S
+
 log = logging.getLogger("eebus_bridge.status")
 _hypercorn_log = logging.getLogger("eebus_bridge.status.http")
 _hypercorn_log.setLevel(logging.WARNING)  # its "Running on ..." line repeats ours
 
-READ_TIMEOUT_S = 10
 KEEP_ALIVE_S = 5.0
 
 
 def listening_socket(host: str, port: int, *, user_timeout_s: float) -> socket.socket:
-    """A bound, listening TCP socket for host:port with the options above. Raises OSError."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if host.lower() == "localhost":
-        host, family = "127.0.0.1", socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A bound, listening TCP socket for host:port with the options above. Blocking (a host
+    name is resolved): call it in a worker thread. Raises OSError."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, protocol)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,7 +59,7 @@ def listening_socket(host: str, port: int, *, user_timeout_s: float) -> socket.s
             sock.setsockopt(
                 socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(user_timeout_s * 1000))
             )
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(64)
     except BaseException:
         sock.close()
