@@ -44,6 +44,7 @@ class DeviceConfig:
     brand: str
     model: str
     serial_number: str
+    country: str = "DE"  # ISO 3166-1 alpha-2; C of the SHIP certificate `cert create` makes
 
 
 @attrs.frozen
@@ -235,7 +236,21 @@ def load_config(path: Path) -> LoadedConfig:
     Raises ConfigError listing every problem found; warnings come back with the config.
     """
     source, document = _read_document(path)
-    base_dir = source.parent
+    return config_from_document(document, source.parent, source=source)
+
+
+def config_from_document(
+    document: Mapping[str, Any],
+    base_dir: Path,
+    *,
+    source: Path | None = None,
+    outputs_required: bool = True,
+) -> LoadedConfig:
+    """Check and complete a parsed config (TOML data); relative paths count from `base_dir`.
+
+    Without `outputs_required`, a document without [[output]] gives a config with no outputs:
+    the EVerest module brings its own sink.
+    """
     report = _Report()
 
     device = _structure_section(document, "device", DeviceConfig, report, required=True)
@@ -248,7 +263,7 @@ def load_config(path: Path) -> LoadedConfig:
         lpc = _finish_lpc(lpc, base_dir, report)
     outputs = [
         _finish_output(output, key, base_dir, report)
-        for key, output in _structure_outputs(document, report)
+        for key, output in _structure_outputs(document, report, required=outputs_required)
     ]
     history = _structure_section(document, "history", HistoryConfig, report)
     if history is not None and lpc is not None:
@@ -546,6 +561,14 @@ def _not_empty(value: str) -> str:
     return value
 
 
+def _country_code(value: str) -> str:
+    if re.fullmatch(r"[A-Z]{2}", value) is None:
+        raise _Invalid(
+            f'must be two upper-case letters (ISO 3166-1 alpha-2, e.g. "DE"), got {_quoted(value)}'
+        )
+    return value
+
+
 def _program(value: str) -> str:
     _not_empty(value)
     if "\0" in value:
@@ -683,6 +706,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "brand": _not_empty,
         "model": _not_empty,
         "serial_number": _not_empty,
+        "country": _country_code,
     },
     EebusConfig: {
         "ship_port": _PORT,
@@ -762,7 +786,7 @@ _CONVERTER = _strict_converter()
 
 
 def _structure_section(
-    document: dict[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
+    document: Mapping[str, Any], key: str, cls: type[_T], report: _Report, *, required: bool = False
 ) -> _T | None:
     """The top-level table `key` as `cls`, or None after reporting its problems."""
     if required and key not in document:
@@ -779,8 +803,12 @@ def _structure(raw: Any, cls: type[_T], key: str, report: _Report) -> _T | None:
         return None
 
 
-def _structure_outputs(document: dict[str, Any], report: _Report) -> list[tuple[str, OutputConfig]]:
+def _structure_outputs(
+    document: Mapping[str, Any], report: _Report, *, required: bool = True
+) -> list[tuple[str, OutputConfig]]:
     """(key path, output) for every [[output]] table that structured cleanly."""
+    if not required and "output" not in document:
+        return []
     raw = document.get("output", [])
     if not isinstance(raw, list):
         report.add("output", f"must be an array of tables ([[output]]), got {_describe(raw)}")

@@ -69,6 +69,26 @@ def set_config_request(config: Config) -> cs.SetConfigRequest:
     )
 
 
+async def set_config_when_ready(client: SidecarClient, config: Config) -> bool:
+    """Handshake step 2, retried while a freshly started sidecar does not accept connections yet
+    (up to STARTUP_WAIT_S). False: the sidecar is past its setup (NOT_IN_SETUP)."""
+    request = set_config_request(config)
+    delay = 0.05
+    with trio.fail_after(STARTUP_WAIT_S + config.eebus.rpc_timeout_s):
+        while True:
+            try:
+                await client.set_config(request)
+                return True
+            except SidecarUnreachable as exc:
+                log.debug("sidecar not reachable yet: %s", exc)
+            except SidecarRpcError as exc:
+                if NOT_IN_SETUP in exc.message:
+                    return False
+                raise HandshakeFailed(f"SetConfig failed: {exc.message}") from exc
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class EebusLink:
     def __init__(self, config: Config, runner: LpcRunner, *, host: str = SIDECAR_HOST) -> None:
         self._config = config
@@ -156,21 +176,7 @@ class EebusLink:
 
     async def _set_config(self, client: SidecarClient) -> bool:
         """SetConfig, waiting for a sidecar that is still starting. False = already configured."""
-        request = set_config_request(self._config)
-        delay = 0.05
-        with trio.fail_after(STARTUP_WAIT_S + self._config.eebus.rpc_timeout_s):
-            while True:
-                try:
-                    await client.set_config(request)
-                    return True
-                except SidecarUnreachable as exc:
-                    log.debug("sidecar not reachable yet: %s", exc)
-                except SidecarRpcError as exc:
-                    if NOT_IN_SETUP in exc.message:
-                        return False
-                    raise HandshakeFailed(f"SetConfig failed: {exc.message}") from exc
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        return await set_config_when_ready(client, self._config)
 
     async def _resume(self, client: SidecarClient) -> None:
         """The sidecar is past its setup: a reconnect within this process, or someone else's."""

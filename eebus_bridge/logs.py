@@ -27,11 +27,10 @@ class _StderrHandler(logging.Handler):
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-            datefmt="%Y-%m-%d %H:%M:%S",
-        )
+    def __init__(
+        self, fmt: str = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+    ) -> None:
+        super().__init__(fmt, datefmt="%Y-%m-%d %H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -68,6 +67,11 @@ def _text_value(value: Any) -> str:
     if isinstance(value, str) and value and not any(char.isspace() for char in value):
         return value
     return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def message_formatter() -> logging.Formatter:
+    """Text lines without time and level, for a log that adds its own (EVerest's)."""
+    return _TextFormatter("%(name)s: %(message)s")
 
 
 def setup_logging(level: str, fmt: Literal["text", "json"]) -> None:

@@ -3,6 +3,7 @@
     Bridge.run
       ├─ lpc task        LpcRunner.run: engine inputs, deadlines, decisions     (whole process)
       ├─ output tasks    one per sink, latest-value delivery                    (whole process)
+      ├─ history task    HistoryStore.run: the activity feed into SQLite        (whole process)
       └─ connection group, restarted as a whole with backoff when any member fails:
            ├─ sidecar task   SidecarProcess.run (when [sidecar] manage = true)
            └─ eebus task     EebusLink.run: handshake, streams, RPCs with deadlines
@@ -21,7 +22,7 @@ import gc
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 import trio_asyncio
@@ -90,7 +91,9 @@ class Bridge:
         *,
         publications: LatestValue[Publication] | None = None,
         activity: ActivityFeed | None = None,
+        extra_sinks: Sequence[Sink] = (),
     ) -> None:
+        """`extra_sinks` deliver besides the config's outputs (the EVerest module's own sink)."""
         self.config = config
         self.activity = activity if activity is not None else ActivityFeed()
         self.publications = publications if publications is not None else LatestValue()
@@ -99,6 +102,7 @@ class Bridge:
         self.sinks: list[Sink] = [
             make_sink(output, config.lpc, activity=self.activity) for output in config.outputs
         ]
+        self.sinks.extend(extra_sinks)
         self.connections = 0  # completed handshakes, for status and tests
         self.connected = trio.Event()  # set on each completed handshake, replaced on failure
         self.history: HistoryStore | None = None

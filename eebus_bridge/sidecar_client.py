@@ -75,7 +75,7 @@ class DiscoveryEvent:
     is_trusted: bool
     brand: str
     model: str
-    device_type: str = ""
+    device_type: str = ""  # as the EG announces it, e.g. "EnergyManagementSystem"
 
 
 def limit_from_wire(load_limit: common_types.LoadLimit | None) -> SidecarLimit:

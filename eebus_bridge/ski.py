@@ -22,3 +22,9 @@ def normalize_ski(raw: str) -> str:
 def is_valid_ski(raw: str) -> bool:
     """True when raw is exactly 40 hex characters after normalisation."""
     return _HEX40.fullmatch(normalize_ski(raw)) is not None
+
+
+def group_ski(ski: str) -> str:
+    """ "0123 4567 …": groups of four, as energy managers' pairing screens show an SKI."""
+    plain = normalize_ski(ski)
+    return " ".join(plain[index : index + 4] for index in range(0, len(plain), 4))

@@ -160,6 +160,17 @@ PROBLEM_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("device not a table", {"device": "x"}, 'device: must be a table, got string "x"'),
     ("brand missing", {"device.brand": DELETE}, "device.brand: required key is missing"),
     ("brand empty", {"device.brand": " "}, "device.brand: must not be empty"),
+    (
+        "country lower case",
+        {"device.country": "de"},
+        'device.country: must be two upper-case letters (ISO 3166-1 alpha-2, e.g. "DE"), got "de"',
+    ),
+    (
+        "country three letters",
+        {"device.country": "DEU"},
+        'device.country: must be two upper-case letters (ISO 3166-1 alpha-2, e.g. "DE"), got "DEU"',
+    ),
+    ("country type", {"device.country": 49}, "device.country: must be a string, got integer 49"),
     ("model wrong type", {"device.model": 7}, "device.model: must be a string, got integer 7"),
     ("device unknown key", {"device.colour": "red"}, "device.colour: unknown key"),
     # [eebus]

@@ -51,6 +51,12 @@ def test_history_table_lists_every_record_in_utc(
         "new=Unlimited/controlled",
         "rule=LPC-902/905",
     ]
+    assert lines[4].split()[1:] == [
+        "publication",
+        "version=2",
+        "state=Unlimited/controlled",
+        "limit_W=unlimited",
+    ]
 
 
 def test_history_kinds_and_csv(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

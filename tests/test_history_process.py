@@ -38,6 +38,7 @@ async def test_kill_9_keeps_the_file_and_everything_older_than_a_second(tmp_path
         os.kill(first, signal.SIGKILL)  # sidecar exit and restart go into the history too
         await wait_until(lambda: len(bridge.sidecar_pids) == 2, limit_s=10)
         await wait_until(lambda: len(bridge.records("StartService")) == 2, limit_s=10)
+        await wait_until(lambda: bridge.states()[-1] == "Limited", limit_s=10)
         await trio.sleep(1.5)  # everything so far is now older than a second
         killed_at = datetime.now(UTC)
         bridge.process.kill()

@@ -7,6 +7,7 @@ write, 6000 W then 3000 W, a lost heartbeat (Failsafe 62 min), recovery, a bridg
 
 from __future__ import annotations
 
+import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ def state(when: datetime, old: str, new: str, rule: str) -> Activity:
     return Activity("state", when, {"old": old, "new": new, "rule": rule})
 
 
+_VERSIONS = itertools.count(1)
+
+
 def publication(
     when: datetime, in_state: str, limit_W: float | None, end: datetime | None = None
 ) -> Activity:
@@ -57,13 +61,18 @@ def publication(
         "publication",
         when,
         {
-            "version": 1,
+            "version": next(_VERSIONS),
             "state": in_state,
             "limit_W": limit_W,
             "end_time": None if end is None else end.isoformat(),
             "latency_s": 0.004 if in_state == "Limited" else None,
         },
     )
+
+
+def delivery(when: datetime, sink: str, version: int, *, ok: bool) -> Activity:
+    error = None if ok else "Broken pipe"
+    return Activity("delivery", when, {"sink": sink, "version": version, "ok": ok, "error": error})
 
 
 def bridge(when: datetime, event: str) -> Activity:
@@ -78,7 +87,11 @@ DAY = [
     publication(at(0, 1), "Unlimited/controlled", None),
     write(at(2), 4200.0),
     state(at(2), "Unlimited/controlled", "Limited", "LPC-910"),
-    publication(at(2), "Limited", 4200.0, end=at(4)),
+    publication(at(2), "Limited", 4200.0, end=at(4)),  # version 3
+    delivery(at(2) + timedelta(milliseconds=12), "everest-api", 3, ok=True),
+    delivery(at(2) + timedelta(milliseconds=20), "jsonl", 3, ok=False),
+    delivery(at(2) + timedelta(milliseconds=1500), "jsonl", 3, ok=True),
+    delivery(at(2) + timedelta(milliseconds=1600), "everest-api", 3, ok=True),  # a re-delivery
     state(at(4), "Limited", "Unlimited/controlled", "LPC-908/909"),
     publication(at(4), "Unlimited/controlled", None),
     write(at(5), -5.0, approved=False),
@@ -119,6 +132,8 @@ def test_periods_say_when_how_much_by_whom_and_why() -> None:
         (at(12), UNTIL, 2000.0, "Limited", SKI, "LPC-918..920", True),
     ]
     assert timeline.periods[1].end_time == at(4).isoformat()
+    assert timeline.periods[1].deliveries == (("everest-api", 0.012), ("jsonl", 1.5))
+    assert timeline.periods[2].deliveries == ()
 
 
 def test_totals_hours_and_energy_cap() -> None:
@@ -129,6 +144,7 @@ def test_totals_hours_and_energy_cap() -> None:
     # 4.2 kW * 1 min + 4.2 * 2 h + 6 * 1 h + 3 * 1 h + 4.2 * 62 min + 4.2 * 0.5 h + 2 * 2 h
     assert totals.energy_cap_kWh == pytest.approx(0.07 + 8.4 + 6 + 3 + 4.34 + 2.1 + 4)
     assert (totals.periods, totals.writes_approved, totals.writes_denied) == (7, 5, 1)
+    assert totals.delivery_failures == 1
     assert totals.latency_median_s == pytest.approx(0.004)
 
 
@@ -207,6 +223,7 @@ def test_report_tables_hold_the_periods_and_totals() -> None:
         "state",
         "by energy guard (SKI)",
         "rule",
+        "reached the outputs",
     ]
     assert periods[1] == [
         "2026-11-23 00:00:00",
@@ -217,6 +234,7 @@ def test_report_tables_hold_the_periods_and_totals() -> None:
         "Init",
         "— (failsafe limit)",
         "start",
+        "—",
     ]
     assert periods[2] == [
         "2026-11-23 02:00:00",
@@ -225,8 +243,9 @@ def test_report_tables_hold_the_periods_and_totals() -> None:
         "4.20 kW",
         "8.40 kWh",
         "Limited",
-        SKI,
+        "5e1d6a3c…f001",
         "LPC-910",
+        "everest-api +12 ms jsonl +1500 ms",
     ]
     assert periods[5][:4] == ["2026-11-23 08:00:00", "2026-11-23 09:02:00", "1 h 02 min", "4.20 kW"]
     assert periods[-1][1] == "ongoing"
@@ -234,6 +253,7 @@ def test_report_tables_hold_the_periods_and_totals() -> None:
     assert totals["Hours limited"] == "7.55 h"
     assert totals["Energy cap hours"] == "27.91 kWh"
     assert totals["… in Failsafe"] == "1.03 h"
+    assert totals["Failed deliveries"] == "1"
     writes = tables.tables["writes"]
     assert len(writes) == 1 + 6
     assert writes[3][-1] == "denied: LPC-001: Active Power Consumption Limit must be >= 0 W"
@@ -297,3 +317,10 @@ def test_chart_and_report_do_not_depend_on_the_local_time_zone(new_york_time: An
     in_new_york = timeline_svg(DAY, T0, UNTIL), render_report(DAY, T0, UNTIL, generated_at=T0)
     assert "00:00" in [t.text for t in ET.fromstring(in_new_york[0]).iter(f"{SVG}text")]
     assert "2026-11-23 00:00:00" in in_new_york[1]
+
+
+def test_a_window_while_the_bridge_was_stopped_shows_no_limit() -> None:
+    """With context, the stop before the window ends the limit published before it."""
+    stopped = [publication(at(1), "Limited", 3000.0), bridge(at(2), "stop")]
+    timeline = derive_timeline(stopped, at(3), at(4))
+    assert (timeline.periods, timeline.states) == ((), ())

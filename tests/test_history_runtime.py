@@ -145,7 +145,9 @@ async def _publishes_while_history_fails(
             failures = bridge.history.failures
             sim.send_limit(value)
             await publications.wait_for(lambda p, value=value: p.limit_W == value)
-            await wait_until(lambda failures=failures: bridge.history.failures > failures)
+            await wait_until(
+                lambda failures=failures: bridge.history.failures > failures, limit_s=15
+            )
     assert [p.limit_W for p in publications.history] == [4200.0, 2000.0, 1500.0, 900.0, 600.0]
     errors = _history_errors(caplog)
     assert len(errors) == 1, errors
@@ -215,3 +217,50 @@ async def test_history_can_be_switched_off(tmp_path: Path) -> None:
         assert bridge.history is None
         await trio.sleep(0.6)  # longer than a batch: a store would have written by now
     assert not (tmp_path / "history.sqlite3").exists()
+
+
+async def test_a_locked_history_file_does_not_delay_failsafe(tmp_path: Path) -> None:
+    """Another process holds the file's write lock (a backup, a long query): the writer thread
+    waits for it, while the heartbeat deadline still fires on time [LPC-911]."""
+    history = tmp_path / "history.sqlite3"
+    async with simulated_bridge(
+        tmp_path, heartbeat_window_s=2.0, actions=(limit_write(0.3, 2000.0),)
+    ) as (sim, _, publications):
+        await publications.wait_state("Limited")
+        await wait_until(lambda: ("publication", "Limited") in _published(history), limit_s=10)
+        with contextlib.closing(sqlite3.connect(history, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")  # in WAL mode: blocks every other writer
+            sim.stop_eg_heartbeat()
+            stopped_at = trio.current_time()
+            await publications.wait_state("Failsafe", limit_s=6)
+            assert trio.current_time() - stopped_at <= 2.0 + 0.5
+            await trio.sleep(1.0)  # two batch periods: the writer has tried and waits
+            assert ("publication", "Failsafe") not in _published(history)
+            other.execute("ROLLBACK")
+        await wait_until(lambda: ("publication", "Failsafe") in _published(history), limit_s=20)
+
+
+def _published(path: Path) -> list[tuple[str, object]]:
+    return [("publication", f["state"]) for k, f in _history(path) if k == "publication"]
+
+
+async def test_shutdown_is_not_held_up_by_a_locked_history_file(tmp_path: Path) -> None:
+    """The last write at shutdown gives up after a moment: the bridge stops within its 2 s."""
+    history = tmp_path / "history.sqlite3"
+    with contextlib.ExitStack() as stack:
+        async with simulated_bridge(tmp_path, actions=(limit_write(0.3, 2000.0),)) as (
+            sim,
+            _,
+            publications,
+        ):
+            await publications.wait_state("Limited")
+            await wait_until(lambda: ("publication", "Limited") in _published(history), limit_s=10)
+            other = stack.enter_context(
+                contextlib.closing(sqlite3.connect(history, isolation_level=None))
+            )
+            other.execute("BEGIN EXCLUSIVE")
+            sim.send_limit(1500.0)  # records that now wait for the lock
+            await publications.wait_for(lambda p: p.limit_W == 1500.0)
+            leaving = trio.current_time()
+        assert trio.current_time() - leaving < 2.0
+    assert ("publication", "Limited") in _published(history)  # the file is fine afterwards

@@ -132,8 +132,8 @@ def test_context_adds_what_was_in_force_at_since(tmp_path: Path) -> None:
     trio.run(write_all, path, records)
     after_all = records[-1].time + timedelta(seconds=1)
     got = read_history(path, after_all, context=True)
-    assert [a.kind for a in got] == ["state", "publication"]
-    assert got[1].fields["limit_W"] == 4200.0
+    assert [a.kind for a in got] == ["bridge", "state", "publication"]
+    assert got[2].fields["limit_W"] == 4200.0
 
 
 def test_missing_or_empty_file_reads_as_no_history(tmp_path: Path) -> None:

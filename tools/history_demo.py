@@ -28,7 +28,8 @@ FAILSAFE_W = 4200.0
 
 
 class _Week:
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
         self.records: list[Activity] = []
         self.version = 0
         self.state = "Init"
@@ -47,7 +48,10 @@ class _Week:
             end_time=extra.get("end_time"),
             latency_s=extra.get("latency_s"),
         )
-        self.add("delivery", when, sink="everest-api", version=self.version, ok=True, error=None)
+        delay = timedelta(milliseconds=self.rng.uniform(3, 25))
+        self.add(
+            "delivery", when + delay, sink="everest-api", version=self.version, ok=True, error=None
+        )
 
     def change(
         self, when: datetime, new: str, rule: str, limit_W: float | None, **extra: Any
@@ -75,7 +79,7 @@ class _Week:
 def demo_week(end: datetime, days: int, seed: int = 14) -> list[Activity]:
     rng = random.Random(seed)
     start = (end - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
-    week = _Week()
+    week = _Week(rng)
     week.add("bridge", start, event="start")
     week.publish(start, "Init", FAILSAFE_W)
     week.add("connection", start + timedelta(seconds=2), event="up", endpoint="localhost:50051")

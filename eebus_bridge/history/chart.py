@@ -84,7 +84,7 @@ def timeline_svg_of(timeline: Timeline, *, width: int = 960, height: int = 280) 
     y_max, y_step = _nice_scale(max(values, default=0.0))
 
     # The top strip of the plot is "no limit", above the highest watt tick.
-    scale_h = plot_h - _UNLIMITED_GAP
+    scale_h = max(plot_h - _UNLIMITED_GAP, 1)
 
     def y(watts: float) -> float:
         if watts > y_max:

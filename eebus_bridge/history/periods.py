@@ -17,6 +17,8 @@ How the records are read (choices where the issue is silent):
   for the Init limit at start-up, or "new value" for a further write within Limited.
 - `ski` of a Limited period is the energy guard whose approved write set the limit (the last
   approved active write before the publication); Init and Failsafe periods have none.
+- A period's `deliveries` say when each output first confirmed the publication that began it
+  (a "delivery" record with the same version): the answer to "was it honoured on time?".
 - Energy cap hours (kWh) = the integral of the limit over the limited time: the most energy the
   charger could have drawn while it was limited. It is an upper bound, not a metered value.
 """
@@ -66,6 +68,8 @@ class LimitedPeriod:
     ski: str | None
     cause: str
     end_time: str | None  # the end the energy guard announced (ISO), if any
+    # (sink, seconds from publication to its first successful delivery), in delivery order
+    deliveries: tuple[tuple[str, float], ...] = ()
 
     @property
     def hours(self) -> float:
@@ -83,6 +87,7 @@ class Totals:
     hours_failsafe: float
     energy_cap_kWh: float  # integral of the limit over the limited time
     periods: int
+    delivery_failures: int
     writes_approved: int
     writes_denied: int
     latency_median_s: float | None  # sidecar event -> publication
@@ -106,6 +111,8 @@ class _Open:
 
     start: datetime
     value: Any
+    version: Any = None  # the publication's version, to match its deliveries
+    delivered: dict[str, float] = attrs.Factory(dict)
 
 
 def derive_timeline(activities: Iterable[Activity], since: datetime, until: datetime) -> Timeline:
@@ -150,6 +157,7 @@ def derive_timeline(activities: Iterable[Activity], since: datetime, until: date
                             ski=ski,
                             cause=cause,
                             end_time=end_time,
+                            deliveries=tuple(limit.delivered.items()),
                         )
                     )
         limit = None
@@ -177,6 +185,10 @@ def derive_timeline(activities: Iterable[Activity], since: datetime, until: date
             state_changed_at = at
         elif kind == "write" and fields.get("approved") and fields.get("active"):
             last_writer = fields.get("ski")
+        elif kind == "delivery" and limit is not None and fields.get("ok"):
+            sink = str(fields.get("sink"))
+            if fields.get("version") == limit.version and sink not in limit.delivered:
+                limit.delivered[sink] = (at - limit.start).total_seconds()
         elif kind == "publication":
             in_state = str(fields.get("state"))
             set_state(in_state, at)
@@ -191,7 +203,7 @@ def derive_timeline(activities: Iterable[Activity], since: datetime, until: date
             if limit is not None and limit.value[:3] == value[:3]:
                 continue  # same limit re-published (e.g. a renewed duration): one period
             close_limit(at)
-            limit = _Open(at, value)
+            limit = _Open(at, value, fields.get("version"))
     close_state(until)
     close_limit(until, ongoing=True)
 
@@ -227,6 +239,11 @@ def _totals(
         hours_failsafe=sum(p.hours for p in periods if p.state == "Failsafe"),
         energy_cap_kWh=sum(p.energy_cap_kWh for p in periods),
         periods=len(periods),
+        delivery_failures=sum(
+            1
+            for a in ordered
+            if a.kind == "delivery" and since <= a.time < until and not a.fields.get("ok")
+        ),
         writes_approved=sum(1 for w in writes if w.fields.get("approved")),
         writes_denied=sum(1 for w in writes if not w.fields.get("approved")),
         latency_median_s=statistics.median(latencies) if latencies else None,

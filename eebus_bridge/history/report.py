@@ -85,6 +85,11 @@ def render_report(
         f"<h1>Power limits {escape(('of ' + device) if device else '')}</h1>",
         f"<p class='sub'>{_when(since)} to {_when(until)} (all times UTC) · generated "
         f"{_when(generated)} by eebus-bridge</p>",
+        "<p class='note'>A limit is the most power this charger may draw. The energy guard "
+        "(the grid operator's control box or an energy manager) sets it over EEBUS "
+        "(Limitation of Power Consumption, §14a EnWG); when the energy guard is not heard, the "
+        "charger falls back to its failsafe limit. The figures below come from the bridge's "
+        "own record of what it received and what it passed on to the charger.</p>",
         _cards(timeline),
         f"<div class='chart'>{timeline_svg_of(timeline, width=1000, height=300)}</div>",
         "<h2>Limited periods</h2>",
@@ -142,10 +147,14 @@ def _state_badge(state: str) -> str:
     return f"<span class='state' style='{style}'>{escape(state)}</span>"
 
 
-def _ski(ski: object) -> str:
+def _ski(ski: object, *, short: bool = False) -> str:
+    """The SKI; `short` keeps its first 8 and last 4 hex digits (the writes table has it all)."""
     if not ski:
         return "<span class='note'>— (failsafe limit)</span>"
-    return f"<code class='ski'>{escape(str(ski))}</code>"
+    text = str(ski)
+    if short and len(text) > 14:
+        return f"<code title='{escape(text)}'>{escape(text[:8])}…{escape(text[-4:])}</code>"
+    return f"<code class='ski'>{escape(text)}</code>"
 
 
 def _cards(timeline: Timeline) -> str:
@@ -179,7 +188,7 @@ def _period_table(periods: Sequence[LimitedPeriod]) -> str:
     rows = [
         "<table class='periods'><thead><tr><th>from</th><th>to</th><th>duration</th>"
         "<th>limit</th><th>energy cap</th><th>state</th><th>by energy guard (SKI)</th>"
-        "<th>rule</th></tr></thead><tbody>"
+        "<th>rule</th><th>reached the outputs</th></tr></thead><tbody>"
     ]
     for period in periods:
         to = "ongoing" if period.ongoing else _when(period.end)
@@ -194,11 +203,29 @@ def _period_table(periods: Sequence[LimitedPeriod]) -> str:
             f"<td class='num'>{format_watts(period.limit_W)}</td>"
             f"<td class='num'>{period.energy_cap_kWh:.2f} kWh</td>"
             f"<td>{_state_badge(period.state)}</td>"
-            f"<td>{_ski(period.ski)}</td>"
-            f"<td>{escape(period.cause)}</td></tr>"
+            f"<td>{_ski(period.ski, short=True)}</td>"
+            f"<td>{escape(period.cause)}</td><td>{_deliveries(period)}</td></tr>"
         )
-    rows.append("</tbody></table>")
+    rows.append(
+        "</tbody></table><p class='note'>SKIs are shortened here; the table of writes below "
+        "shows them in full. An output's time is from the publication to its first confirmed "
+        "delivery.</p>"
+    )
     return "".join(rows)
+
+
+def _deliveries(period: LimitedPeriod) -> str:
+    """'everest-api +12 ms' per output that confirmed the publication that began the period."""
+    if not period.deliveries:
+        return "<span class='note'>—</span>"
+    return "<br>".join(
+        f"{escape(sink)} <span class='note'>+{format_delay(seconds)}</span>"
+        for sink, seconds in period.deliveries
+    )
+
+
+def format_delay(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else format_hours(seconds / 3600)
 
 
 def _totals_text(timeline: Timeline) -> str:
@@ -218,6 +245,9 @@ def _totals_text(timeline: Timeline) -> str:
         "<td class='note'>the limit integrated over the limited time: the most energy the "
         "charger could have drawn while limited (an upper bound, not a meter reading)</td></tr>"
         f"<tr><td>Limited periods</td><td class='num'>{totals.periods}</td><td></td></tr>"
+        f"<tr><td>Failed deliveries</td><td class='num'>{totals.delivery_failures}</td>"
+        "<td class='note'>attempts to hand a limit to an output that failed (each output "
+        "retries and then delivers the newest limit)</td></tr>"
         "</tbody></table>"
     )
 
@@ -282,7 +312,9 @@ def activity_details(activity: Activity) -> str:
     fields = dict(activity.fields)
     event = fields.pop("event", None)
     words = [] if event is None else [str(event)]
-    words += [f"{key}={_short(value)}" for key, value in fields.items() if value is not None]
+    if activity.kind == "publication" and fields.get("limit_W", 0) is None:
+        fields["limit_W"] = "unlimited"
+    words += [f"{key}={_short(value)}" for key, value in fields.items() if value not in (None, "")]
     return " ".join(words)
 
 

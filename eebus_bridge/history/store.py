@@ -21,6 +21,9 @@ Choices where the issue is silent (written down here, as design.md asks):
   bridge: the batch stays queued (at most `MAX_PENDING` records, the oldest dropped first), the
   store logs one error per minute and tries again with the next batch or after `RETRY_S`.
 - Retention deletes rows older than `retention_days` at start and then every hour.
+- Another process holding the file's write lock (a backup, a long query) is waited for 1 s per
+  attempt; at shutdown the last write gives up after `CLOSE_S`, so a locked file or a hung disk
+  never stretches the bridge's 2 s shutdown.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ BATCH_S: Final = 0.5  # gather a burst into one transaction; keeps crash loss un
 RETRY_S: Final = 5.0  # after a failed write, try again this soon even without new records
 ERROR_LOG_INTERVAL_S: Final = 60.0  # one error line per minute while writing fails
 PRUNE_INTERVAL_S: Final = 3600.0
-MAX_PENDING: Final = 100_000  # records kept in memory while the file cannot be written
+BUSY_TIMEOUT_S: Final = 1.0  # wait this long for another process's lock on the file
+CLOSE_S: Final = 0.8  # the last write at shutdown may take this long
+MAX_PENDING: Final = 10_000  # records kept in memory while the file cannot be written (~5 MB)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS activity (
@@ -87,15 +92,18 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode_fields(fields: dict[str, Any]) -> str:
-    return json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(fields)
 
 
 def connect_for_writing(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: transactions are explicit (BEGIN ... COMMIT) below.
     connection = sqlite3.connect(
-        str(path), timeout=5.0, isolation_level=None, check_same_thread=False
+        str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
     try:
         _prepare(connection)
@@ -204,9 +212,10 @@ class HistoryStore:
                 next_prune = trio.current_time() + PRUNE_INTERVAL_S
 
     async def aclose(self) -> None:
-        """Write what is queued and close the file; shielded and at most ~2 s (shutdown)."""
+        """Write what is queued and close the file; shielded, and at most CLOSE_S even when
+        the file is locked or the disk hangs (the bridge's shutdown budget is 2 s)."""
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(2.0):
+            with trio.move_on_after(CLOSE_S):
                 await self._flush(prune=False)
             await self._close()
 
@@ -217,38 +226,50 @@ class HistoryStore:
         if not batch and not prune:
             return
         cutoff_ms = to_ms(datetime.now(UTC) - timedelta(days=self.retention_days))
+        # The worker thread owns the connection while it writes; it comes back on success.
+        connection, self._connection = self._connection, None
         try:
-            deleted = await trio.to_thread.run_sync(
-                self._write, batch, cutoff_ms if prune else None
+            self._connection, deleted = await trio.to_thread.run_sync(
+                self._write,
+                connection,
+                batch,
+                cutoff_ms if prune else None,
+                abandon_on_cancel=True,
             )
         except (sqlite3.Error, OSError, HistoryFileError) as exc:
             self._pending[:0] = batch  # keep them, oldest first, for the next attempt
             self._drop_oldest()
             self._failed(exc)
-            await self._close()
-        else:
-            self.written += len(batch)
-            if prune:
-                self.prunes += 1
-                self.pruned += deleted
-            if self._failing_since is not None:
-                log.warning(
-                    "history: writing to %s works again (%d failed attempts)",
-                    self.path,
-                    self.failures,
-                )
-            self._failing_since = None
-            self.last_error = None
+            return
+        # Cancelled (shutdown while the disk is stuck): the thread finishes or not on its own,
+        # with its connection and the batch; re-queueing it could write it twice.
+        self.written += len(batch)
+        if prune:
+            self.prunes += 1
+            self.pruned += deleted
+        if self._failing_since is not None:
+            log.warning(
+                "history: writing to %s works again (%d failed attempts)",
+                self.path,
+                self.failures,
+            )
+        self._failing_since = None
+        self.last_error = None
 
-    def _write(self, batch: Sequence[Activity], prune_before_ms: int | None) -> int:
-        """In a worker thread: one transaction for the batch and the retention delete; returns
-        the number of rows deleted."""
+    def _write(
+        self,
+        connection: sqlite3.Connection | None,
+        batch: Sequence[Activity],
+        prune_before_ms: int | None,
+    ) -> tuple[sqlite3.Connection, int]:
+        """In a worker thread: one transaction for the batch and the retention delete. Returns
+        the connection (opened here when None) and the number of rows deleted; on failure the
+        connection is closed, so the next attempt opens the file afresh."""
         rows = [(to_ms(a.time), a.kind, _encode_fields(a.fields)) for a in batch]
-        if self._connection is None:
-            self._connection = self._connect(self.path)
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
+        if connection is None:
+            connection = self._connect(self.path)
         try:
+            connection.execute("BEGIN IMMEDIATE")
             connection.executemany(
                 "INSERT INTO activity (time_ms, kind, fields) VALUES (?, ?, ?)", rows
             )
@@ -259,10 +280,12 @@ class HistoryStore:
                 ).rowcount
             connection.execute("COMMIT")
         except BaseException:
-            if connection.in_transaction:
-                connection.rollback()
+            with contextlib.suppress(sqlite3.Error):
+                if connection.in_transaction:
+                    connection.rollback()
+                connection.close()
             raise
-        return deleted
+        return connection, deleted
 
     def _drop_oldest(self) -> None:
         overflow = len(self._pending) - self._max_pending
@@ -312,9 +335,10 @@ def read_history(
     """The activities with since <= time < until (until None = to the end), oldest first.
 
     Synchronous (callers run it in a thread); opens the file read-only, so it never blocks or
-    alters the writer. A missing file gives []. With `context`, the last "state" and
-    "publication" before `since` come first, so that a chart or a period table knows what was
-    in force at `since`. Raises HistoryFileError for a file that is not a usable history.
+    alters the writer. A missing file gives []. With `context`, the last "bridge", "state" and
+    "publication" records before `since` come first, so that a chart or a period table knows
+    what was in force at `since` (nothing, when the bridge had stopped). Raises
+    HistoryFileError for a file that is not a usable history.
     """
     if not path.exists():
         return []
@@ -329,7 +353,7 @@ def read_history(
             return []  # created but never written: no schema yet
         rows: list[tuple[int, str, str]] = []
         if context:
-            for kind in ("state", "publication"):
+            for kind in ("bridge", "state", "publication"):
                 if kinds is None or kind in kinds:
                     rows += connection.execute(
                         "SELECT time_ms, kind, fields FROM activity "

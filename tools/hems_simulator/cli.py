@@ -7,23 +7,24 @@
                        [-require-trust] [-legacy-v010] [-lenient-config]
 
 Flags take one or two dashes, `-flag value` or `-flag=value`; booleans need no value.
-Exit status: 0 after SIGTERM/SIGINT, 1 on a start-up failure (missing flag, cannot listen),
+Certificate and key files are loaded or created like the real sidecar does (credentials.py).
+Exit status: 0 after SIGTERM/SIGINT, 1 on a start-up failure (missing flag, a certificate/key
+pair that does not load, cannot listen),
 2 on a usage or scenario error and when the simulated sidecar crashes (like a Go panic).
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from .credentials import LocalCredentials, load_or_create_credentials
 from .logs import StdoutLog, parse_level
 from .scenario import Scenario, ScenarioError, load_scenario, preset_names, with_overrides
 from .sidecar import Lifecycle
@@ -117,33 +118,6 @@ def usage() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _placeholder_pem(label: str, size: int) -> str:
-    body = base64.b64encode(os.urandom(size)).decode()
-    wrapped = "\n".join(textwrap.wrap(body, 64))
-    return (
-        "HEMS simulator placeholder, not a usable credential\n"
-        f"-----BEGIN {label}-----\n{wrapped}\n-----END {label}-----\n"
-    )
-
-
-def ensure_placeholder_credentials(cert_path: Path, key_path: Path) -> list[Path]:
-    """Create missing cert/key files (PEM-shaped; the key 0600) like the real sidecar
-    creates a self-signed pair on first run. Their folders must exist."""
-    for path in (cert_path, key_path):
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"folder {path.parent} does not exist")
-    created = []
-    if not key_path.exists():
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(_placeholder_pem("EC PRIVATE KEY", 121))
-        created.append(key_path)
-    if not cert_path.exists():
-        cert_path.write_text(_placeholder_pem("CERTIFICATE", 402), encoding="ascii")
-        created.append(cert_path)
-    return created
-
-
 def _go_usage_line() -> None:
     # The real binary prints this (to stdout) when a required path is missing.
     sys.stdout.write(
@@ -191,12 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"Certificate path: {cert}")
     log.info(f"Private key path: {key}")
     log.info(f"Port: {port}")
-    try:
-        for path in ensure_placeholder_credentials(Path(cert), Path(key)):
-            log.info(f"Created placeholder {path}")
-    except OSError as exc:
-        log.log("FATAL", f"Failed to set up certificate: {exc}")
-        return 1
+    credentials = load_or_create_credentials(Path(cert), Path(key), log)
+    if credentials.exit_status is not None:
+        return credentials.exit_status
 
     try:
         scenario = _scenario_from_flags(flags)
@@ -221,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags.get("control-port"),
         record_path,
         bool(flags.get("ignore-sigterm", False)),
+        credentials,
     )
 
 
@@ -247,6 +219,7 @@ async def _serve(
     control_port: int | None,
     record_path: Path | None,
     ignore_sigterm: bool,
+    credentials: LocalCredentials,
 ) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
@@ -257,6 +230,8 @@ async def _serve(
                 record_path=record_path,
                 log=log,
                 on_crash=_die_like_go,
+                local_ski=credentials.ski,
+                local_ski_problem=credentials.ski_problem,
             ) as sim:
                 eg = scenario.eg
                 log.info(

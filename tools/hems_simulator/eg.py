@@ -23,6 +23,7 @@ from .sidecar import (
     RemoteService,
     SimulatedSidecar,
     SimulatorError,
+    remote_service,
 )
 
 
@@ -48,16 +49,7 @@ class SimulatedEnergyGuard:
     # ------------------------------------------------------------------ identity
 
     def remote_service(self) -> RemoteService:
-        spec = self._spec
-        identifier = spec.ship_identifier or f"{spec.brand}-{spec.model}-{spec.serial}"
-        return RemoteService(
-            ski=self.ski,
-            ship_identifier=identifier,
-            brand=spec.brand,
-            model=spec.model,
-            device_type=spec.device_type,
-            serial=spec.serial,
-        )
+        return remote_service(self._spec, self.ski)
 
     @property
     def entity(self) -> tuple[int, ...]:

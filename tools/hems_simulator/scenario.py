@@ -90,6 +90,9 @@ class Scenario:
     eg: EgSpec = EgSpec()
     sidecar: SidecarSpec = SidecarSpec()
     actions: tuple[ActionSpec, ...] = ()
+    # Further energy managers on the network ([[other_eg]], same keys as [eg]): they appear on
+    # mDNS connect_delay_s after StartService and never connect (somebody else's, or unpaired).
+    other_egs: tuple[EgSpec, ...] = ()
     time_scale: float = 1.0
     seed: int | None = None  # None: random values differ per run
     description: str = ""
@@ -136,17 +139,32 @@ def parse_scenario(
             _parse_action(item, f"actions[{index}]")
             for index, item in enumerate(reader.table_list("actions"))
         ),
+        other_egs=tuple(
+            _parse_other_eg(item, f"other_eg[{index}]")
+            for index, item in enumerate(reader.table_list("other_eg"))
+        ),
         source=source,
     )
     reader.reject_unknown()
+    skis = [scenario.eg.ski, *(eg.ski for eg in scenario.other_egs)]
+    if len(set(skis)) != len(skis):
+        raise ScenarioError("other_eg: every energy manager needs an SKI of its own")
     return scenario
+
+
+def _parse_other_eg(raw: Any, path: str) -> EgSpec:
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{path}: expected a table")
+    if "ski" not in raw:
+        raise ScenarioError(f"{path}.ski: required (40 hex characters)")
+    return _parse_eg(_Reader(raw, path + "."))
 
 
 def _parse_eg(reader: _Reader) -> EgSpec:
     default = EgSpec()
     raw_ski = reader.string("ski", default.ski)
     if not is_valid_ski(raw_ski):
-        raise ScenarioError(f"eg.ski: {raw_ski!r} is not 40 hex characters")
+        raise ScenarioError(f"{reader.prefix}ski: {raw_ski!r} is not 40 hex characters")
     address = reader.int_list("entity_address", list(default.entity_address))
     spec = EgSpec(
         ski=normalize_ski(raw_ski),
@@ -244,6 +262,10 @@ class _Reader:
         self._data = data
         self._prefix = prefix
         self._seen: set[str] = set()
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
 
     def _get(self, key: str) -> Any:
         self._seen.add(key)

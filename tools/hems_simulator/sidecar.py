@@ -37,6 +37,7 @@ from eebus_bridge.ski import normalize_ski
 from .channels import BoundedBuffer, RendezvousQueue
 from .logs import SimLog
 from .records import RecordBook
+from .scenario import EgSpec
 
 NS_PER_S = 1_000_000_000
 FAILSAFE_DURATION_MIN_NS = 2 * 3600 * NS_PER_S
@@ -196,6 +197,18 @@ class RemoteService:
     serial: str
 
 
+def remote_service(spec: EgSpec, ski: str) -> RemoteService:
+    """What mDNS shows of the EG `spec` describes (ski: its current SKI)."""
+    return RemoteService(
+        ski=ski,
+        ship_identifier=spec.identifier,
+        brand=spec.brand,
+        model=spec.model,
+        device_type=spec.device_type,
+        serial=spec.serial,
+    )
+
+
 @attrs.frozen
 class LocalConfig:
     port: int
@@ -221,8 +234,12 @@ class SimulatedSidecar:
         heartbeat_window_s: float = 120.0,
         strict_config: bool = True,
         lose_event_on_stream_break: bool = True,
+        local_ski: str | None = None,
+        local_ski_problem: str = "",
     ) -> None:
         self._clock = clock
+        self.local_ski = local_ski  # of the certificate loaded at start-up
+        self._local_ski_problem = local_ski_problem
         self._log = log
         self._records = records
         self._schedule = schedule
@@ -307,6 +324,11 @@ class SimulatedSidecar:
         for index, entity_type in enumerate(self.config.entity_types, start=1):
             self.entities[(index,)] = entity_type
         self.state = Lifecycle.READY
+        # The real sidecar reports its SKI once its eebus-go service exists (pairing issue).
+        if self.local_ski is not None:
+            self._log.info(f"Local SKI: {self.local_ski}")
+        elif self._local_ski_problem:
+            self._log.error(f"Local SKI unavailable: {self._local_ski_problem}")
 
     def start_service(self) -> None:
         self._log.debug("Received start command")

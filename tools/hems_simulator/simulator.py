@@ -32,6 +32,7 @@ from .sidecar import (
     SimulatedSidecar,
     SimulatorCrashed,
     SimulatorError,
+    remote_service,
 )
 
 # Live-control actions and the parameters each accepts (see README.md, "Control interface").
@@ -64,6 +65,8 @@ class HemsSimulator:
         log: SimLog,
         record_path: Path | None = None,
         on_crash: Callable[[str], None] | None = None,
+        local_ski: str | None = None,
+        local_ski_problem: str = "",
     ) -> None:
         self.scenario = scenario
         self.log = log
@@ -90,6 +93,8 @@ class HemsSimulator:
             heartbeat_window_s=spec.heartbeat_window_s,
             strict_config=spec.strict_config,
             lose_event_on_stream_break=spec.lose_event_on_stream_break,
+            local_ski=local_ski,
+            local_ski_problem=local_ski_problem,
         )
         self.eg = SimulatedEnergyGuard(scenario, self.sidecar, log, random.Random(scenario.seed))
         self.sidecar.on_trusted = self.eg.on_trusted
@@ -465,6 +470,16 @@ class HemsSimulator:
         self._eg_scope.cancel()
         self._crashed.set()
 
+    async def _show_other_egs(self) -> None:
+        """The scenario's [[other_eg]]s appear on mDNS once the service runs, and stay."""
+        await self.sidecar.running.wait()
+        started = trio.current_time()
+        for spec in sorted(self.scenario.other_egs, key=lambda eg: eg.connect_delay_s):
+            await trio.sleep_until(started + self.scenario.scaled(spec.connect_delay_s))
+            if self.sidecar.state is not Lifecycle.RUNNING:
+                return
+            self.sidecar.eg_visible(remote_service(spec, spec.ski))
+
     async def _run_eg(self) -> None:
         with self._eg_scope:
             await self.eg.run()
@@ -489,6 +504,7 @@ class HemsSimulator:
         self.port = server.port
         nursery.start_soon(self._run_eg)
         nursery.start_soon(self._local_heartbeats)
+        nursery.start_soon(self._show_other_egs)
 
     async def _shutdown(self) -> None:
         self.servers.abort_all()
@@ -557,6 +573,8 @@ async def open_hems_simulator(
     actions: tuple[ActionSpec, ...] | None = None,
     allow_crash: bool = False,
     on_crash: Callable[[str], None] | None = None,
+    local_ski: str | None = None,
+    local_ski_problem: str = "",
 ) -> AsyncIterator[HemsSimulator]:
     """Run a simulated sidecar + EG for the duration of the `async with` block.
 
@@ -567,6 +585,8 @@ async def open_hems_simulator(
     Where the real sidecar would crash, the simulator drops every connection and marks
     itself crashed (sim.crashed, sim.wait_crashed()); leaving the block then raises
     SimulatorCrashed unless allow_crash=True. on_crash is for the CLI (it exits there).
+    local_ski: the SKI of the certificate loaded at start-up, logged after StartSetup
+    (local_ski_problem says why there is none).
     """
     base = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     resolved = with_overrides(
@@ -589,7 +609,14 @@ async def open_hems_simulator(
         async with (
             _asyncio_loop(),
             _running_simulator(
-                resolved, host, port, control_port, record_path, log, on_crash
+                resolved,
+                host,
+                port,
+                control_port,
+                record_path,
+                log,
+                on_crash,
+                (local_ski, local_ski_problem),
             ) as sim,
         ):
             yield sim
@@ -606,10 +633,18 @@ async def _running_simulator(
     record_path: Path | None,
     log: SimLog | None,
     on_crash: Callable[[str], None] | None,
+    local: tuple[str | None, str],
 ) -> AsyncIterator[HemsSimulator]:
     from .control import serve_control  # control imports this module for typing only
 
-    sim = HemsSimulator(scenario, log=log or SimLog(), record_path=record_path, on_crash=on_crash)
+    sim = HemsSimulator(
+        scenario,
+        log=log or SimLog(),
+        record_path=record_path,
+        on_crash=on_crash,
+        local_ski=local[0],
+        local_ski_problem=local[1],
+    )
     try:
         async with trio.open_nursery() as nursery:
             await sim._start(nursery, host=host, port=port)
