@@ -244,3 +244,20 @@ async def test_a_taken_port_is_logged_and_the_bridge_keeps_publishing(tmp_path: 
             await logs.wait_for(logging.ERROR, f"status endpoint cannot listen on 127.0.0.1:{port}")
             await pubs.wait_state("Limited")
             assert not bridge.status_endpoint.bound.is_set()
+
+
+async def test_pairing_reads_energy_managers_from_the_real_endpoint(tmp_path: Path) -> None:
+    """The contract with `eebus-bridge discover`: its client, against this endpoint."""
+    from eebus_bridge.pairing.discovery import ask_running_bridge, status_endpoint
+
+    token = "pairing-contract-token-0123456789"
+    status = {"listen": "127.0.0.1:0", "token": token}
+    async with status_bridge(tmp_path, status=status) as run:
+        await wait_for_status(run, lambda s: bool(s["energy_managers"]))
+        endpoint = status_endpoint(run.bridge.config, run.url, token)
+        assert endpoint is not None
+        managers = await trio.to_thread.run_sync(ask_running_bridge, endpoint)
+
+    assert managers is not None
+    [manager] = managers
+    assert (manager.ski, manager.brand, manager.model) == (EG_SKI, "Demo", "ControlBox")
