@@ -5,11 +5,43 @@ the use-case event and discovery streams, turns each event (plus the values read
 engine input, and carries out the sidecar actions the lpc task decides. Any sign of a dead or hung
 sidecar raises, which fails the supervised group; the next run starts from the handshake again.
 The link object itself outlives runs only to remember the cs_lpc endpoint (see `_resume`).
+
+Events (issue 13, items 1 and 2). `SidecarClient.run_use_case_events` dispatches each use-case
+event where it arrives, on the asyncio side of the island, to a lane this module chooses
+(`_EventLanes.route`, synchronous, before any RPC):
+
+- Malformed events (an SKI that is empty or not 40 hex digits) are dropped with a rate-limited
+  warning: nothing can be attributed to them, so they never change state, publish or make an
+  EG the active one. (The bridge's own re-reads after a reconnect are not sidecar events; they
+  keep the engine's "source unknown" meaning, ski "".)
+- While an EG is active and the state is neither Failsafe nor Unlimited/autonomous, data events
+  of any other EG are dropped before any read (the engine would refuse the value), logged once
+  per EG per minute. A failsafe value such an EG wrote is not read, but the CS's own value is
+  written back, as for any refused failsafe value (the sidecar took it without asking).
+  Its writes still go to the approval lane and are denied at once, naming the active EG.
+- WriteApprovalRequired takes the approval lane: read pending, decide, answer, concurrently with
+  any other RPC in flight, each with its deadline.
+- Data events take the data lane (reads one at a time, in order); heartbeats and support
+  updates are applied at once.
+
+Why the engine still sees a consistent order. Every input is applied synchronously
+(`LpcRunner.apply`) at the moment its value is known, on the one Trio thread, so the engine's
+inputs form a single sequence in real time. The sidecar reports no values in its events, only
+that something changed, and guarantees no event order (spec/wire.md: one goroutine per event);
+what matters is the order of the *values*. Values of one kind are read one at a time on the
+data lane and applied in read order, so a later read (which sees the sidecar's newer state)
+is always applied after an earlier one — also the re-reads after a reconnect, which go through
+the same lane. An approval is decided on the engine's state at the moment the pending writes
+are known; a limit read still in flight at that moment counts as not yet received, exactly as
+if its DataUpdateLimit had come a little later, which the sidecar is free to do anyway. An
+approval changes no state other than the active EG and the heartbeat it records, which no read
+in flight depends on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -36,11 +68,15 @@ from eebus_bridge.sidecar_client import (
     ALREADY_RUNNING,
     NOT_IN_SETUP,
     DiscoveryEvent,
+    EventRoute,
+    EventValue,
+    PendingWrites,
     SidecarClient,
     SidecarRpcError,
     SidecarUnreachable,
     UseCaseEvent,
 )
+from eebus_bridge.ski import is_valid_ski, normalize_ski
 
 log = logging.getLogger("eebus_bridge.eebus")
 
@@ -48,6 +84,21 @@ SIDECAR_HOST = "localhost"  # spec/lpc.md handshake step 1
 STARTUP_WAIT_S = 15.0  # how long a freshly started sidecar may take to accept connections
 _ACTION_BUFFER = 1000
 _EVENT_BUFFER = 1000
+LOG_INTERVAL_S = 60.0  # rate limit of the "dropped" warnings (issue 13, item 2)
+_ANSWERED_MEMORY_S = 30.0  # the sidecar rejects unanswered writes after 10 s
+
+_DATA_EVENTS = frozenset(
+    {
+        "DataUpdateLimit",
+        "DataUpdateFailsafeConsumptionActivePowerLimit",
+        "DataUpdateFailsafeDurationMinimum",
+    }
+)
+_KNOWN_EVENTS = _DATA_EVENTS | {
+    "DataUpdateHeartbeat",
+    "WriteApprovalRequired",
+    "UseCaseSupportUpdate",
+}
 
 
 class HandshakeFailed(Exception):
@@ -106,16 +157,20 @@ class EebusLink:
             self._host, self._config.eebus.grpc_port, self._config.eebus.rpc_timeout_s
         ) as client:
             actions_send, actions_receive = trio.open_memory_channel[SidecarAction](_ACTION_BUFFER)
-            events_send, events_receive = trio.open_memory_channel[UseCaseEvent](_EVENT_BUFFER)
+            lanes = _EventLanes(self._runner, actions_send)
             discovery_send, discovery_receive = trio.open_memory_channel[DiscoveryEvent](
                 _EVENT_BUFFER
             )
             try:
+                # Attached before the streams start: events are handled from the moment they
+                # arrive, and what they make the engine decide waits in the channel until the
+                # handshake is done and _carry_out_actions runs.
+                self._runner.attach_sidecar(actions_send)
                 async with trio.open_nursery() as nursery:
                     fresh = await self._setup(client)
                     # Step 7: both subscriptions are on the wire before StartService.
                     for start in (
-                        lambda ev: client.stream_use_case_events(events_send, ev),
+                        lambda ev: client.run_use_case_events(lanes, ev),
                         lambda ev: self._discovery_stream(client, discovery_send, ev),
                     ):
                         subscribed = trio.Event()
@@ -127,10 +182,10 @@ class EebusLink:
                     await client.start_heartbeat()
                     if fresh:
                         # Events may have been lost while we were away: re-read what the EG
-                        # may have written. (A resumed sidecar was re-read in _resume, before
-                        # the CS's view was written back.)
-                        await self._resync(client)
-                    self._runner.attach_sidecar(actions_send)
+                        # may have written, on the data lane, in order with live events. (A
+                        # resumed sidecar was re-read in _resume, before the CS's view was
+                        # written back.)
+                        client.queue_rereads()
                     log.info(
                         "connected to the sidecar at %s:%d",
                         self._host,
@@ -142,7 +197,7 @@ class EebusLink:
                     task_status.started()
                     nursery.start_soon(self._carry_out_actions, client, actions_receive)
                     nursery.start_soon(self._handle_discovery, discovery_receive)
-                    await self._handle_events(client, events_receive, nursery)
+                    await self._watch_liveness(client, lanes)
             finally:
                 self._runner.attach_sidecar(None)
 
@@ -270,73 +325,16 @@ class EebusLink:
             elif event.kind == "REMOVED":
                 await self._runner.send(Removed(ski=event.ski))
 
-    async def _handle_events(
-        self,
-        client: SidecarClient,
-        events: trio.MemoryReceiveChannel[UseCaseEvent],
-        nursery: trio.Nursery,
-    ) -> None:
+    async def _watch_liveness(self, client: SidecarClient, lanes: _EventLanes) -> None:
+        """A stopped (SIGSTOP) sidecar keeps its sockets open and says nothing: after
+        liveness_after_s without any event, ask whether it still answers (raises if not)."""
         while True:
-            # One scope per quiet period, pushed back by every event (cheaper than a scope per
-            # event when thousands arrive per second).
-            with trio.move_on_after(self.liveness_after_s) as quiet:
-                async for event in events:
-                    await self._handle_event(client, event, nursery)
-                    quiet.deadline = trio.current_time() + self.liveness_after_s
-            # Silence: make sure the sidecar still answers (raises SidecarUnreachable if not).
+            quiet_until = lanes.last_event_at + self.liveness_after_s
+            if trio.current_time() < quiet_until:
+                await trio.sleep_until(quiet_until)
+                continue
             await client.is_heartbeat_within_duration()
-
-    async def _handle_event(
-        self, client: SidecarClient, event: UseCaseEvent, nursery: trio.Nursery
-    ) -> None:
-        try:
-            await self._dispatch_event(client, event, nursery)
-        except SidecarRpcError as exc:
-            # The sidecar is alive but could not give the value: log it, keep going.
-            log.warning("event %s from %s: %s", event.name, event.ski or "<no SKI>", exc)
-
-    async def _dispatch_event(
-        self, client: SidecarClient, event: UseCaseEvent, nursery: trio.Nursery
-    ) -> None:
-        name, ski = event.name, event.ski
-        log.debug("event %s from %s", name, ski or "<no SKI>")
-        if name == "DataUpdateHeartbeat":
-            await self._runner.send(Heartbeat(ski=ski))
-        elif name == "WriteApprovalRequired":
-            # Answered concurrently: the sidecar rejects writes not answered within 10 s.
-            nursery.start_soon(self._approval, client, ski)
-        elif name == "DataUpdateLimit":
-            await self._runner.send(LimitUpdated(ski=ski, limit=await client.consumption_limit()))
-        elif name == "DataUpdateFailsafeConsumptionActivePowerLimit":
-            value = await client.failsafe_limit()
-            await self._runner.send(FailsafeLimitUpdated(ski=ski, limit_W=value))
-        elif name == "DataUpdateFailsafeDurationMinimum":
-            duration = await client.failsafe_duration()
-            await self._runner.send(FailsafeDurationUpdated(ski=ski, duration_s=duration))
-        elif name == "UseCaseSupportUpdate":
-            await self._runner.send(UseCaseSupportUpdate(ski=ski))
-        else:
-            log.warning("ignored unknown event %r from %s", name, ski or "<no SKI>")
-
-    async def _approval(self, client: SidecarClient, ski: str) -> None:
-        try:
-            await self._ask_approval(client, ski)
-        except SidecarRpcError as exc:
-            log.warning("WriteApprovalRequired from %s: %s", ski or "<no SKI>", exc)
-
-    async def _ask_approval(self, client: SidecarClient, ski: str) -> None:
-        pending: list[tuple[int, SidecarLimit]] = await client.pending_consumption_limits()
-        if not pending:
-            log.info("WriteApprovalRequired from %s, but nothing is pending", ski or "<no SKI>")
-            return
-        heartbeat_within: bool | None = None
-        if self._runner.engine.needs_sidecar_heartbeat_check(trio.current_time()):
-            heartbeat_within = await client.is_heartbeat_within_duration()
-        await self._runner.send(
-            WriteApprovalRequired(
-                ski=ski, pending=tuple(pending), sidecar_heartbeat_within=heartbeat_within
-            )
-        )
+            lanes.last_event_at = trio.current_time()
 
     # -- decisions of the lpc task -----------------------------------------------------------
 
@@ -366,3 +364,121 @@ class EebusLink:
                 await client.start_heartbeat()
         except SidecarRpcError as exc:
             log.warning("%s was refused by the sidecar: %s", type(action).__name__, exc)
+
+
+class _RateLimitedLog:
+    """One log line per key per interval; the next one says how many were not logged."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (logged at, suppressed since)
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = trio.current_time()
+        logged_at, suppressed = self._last.get(key, (-math.inf, 0))
+        if now - logged_at < self._interval_s:
+            self._last[key] = (logged_at, suppressed + 1)
+            return
+        if len(self._last) > 1000:  # bounded memory under a flood of distinct SKIs
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self._interval_s}
+        self._last[key] = (now, 0)
+        if suppressed:
+            message += f" ({suppressed} more like it not logged in the last %g s)"
+            args = (*args, self._interval_s)
+        log.warning(message, *args)
+
+
+class _EventLanes:
+    """The eebus task's side of the event lanes (sidecar_client.EventLanes): which lane an event
+    takes, and handing its values to the engine. Synchronous; runs on the Trio thread."""
+
+    def __init__(self, runner: LpcRunner, actions: trio.MemorySendChannel[SidecarAction]) -> None:
+        self._runner = runner
+        self._actions = actions
+        self._dropped = _RateLimitedLog(LOG_INTERVAL_S)
+        self._answered: dict[tuple[str, int], float] = {}  # (SKI, msg counter) -> when
+        self.last_event_at = trio.current_time()
+
+    def route(self, event: UseCaseEvent) -> EventRoute:
+        self.last_event_at = now = trio.current_time()
+        name, ski = event.name, event.ski
+        if name not in _KNOWN_EVENTS:
+            log.warning("ignored unknown event %r from %s", name, ski or "<no SKI>")
+            return EventRoute.DROP
+        if not is_valid_ski(ski):
+            self._dropped.warning(
+                "malformed",
+                "dropped malformed event %s: SKI %r is not 40 hex digits",
+                name,
+                ski,
+            )
+            return EventRoute.DROP
+        if name == "WriteApprovalRequired":
+            return EventRoute.APPROVAL
+        if name == "UseCaseSupportUpdate":
+            return EventRoute.APPLY
+        engine = self._runner.engine
+        if engine.refuses_data_from(ski, now):
+            source = normalize_ski(ski)
+            self._dropped.warning(
+                source,
+                "dropped %s from %s: %s is the active energy guard (logged once a minute per EG)",
+                name,
+                source,
+                engine.status(now).active_ski,
+            )
+            if name == "DataUpdateFailsafeConsumptionActivePowerLimit":
+                self._act(WriteBackFailsafeLimit(engine.failsafe_values.limit_W))
+            elif name == "DataUpdateFailsafeDurationMinimum":
+                self._act(WriteBackFailsafeDuration(engine.failsafe_values.duration_s))
+            return EventRoute.DROP
+        return EventRoute.DATA if name in _DATA_EVENTS else EventRoute.APPLY
+
+    def apply(self, event: UseCaseEvent, value: EventValue, received_at: float) -> None:
+        name, ski = event.name, event.ski
+        if name == "DataUpdateHeartbeat":
+            self._runner.apply(Heartbeat(ski=ski), received_at)
+        elif name == "UseCaseSupportUpdate":
+            self._runner.apply(UseCaseSupportUpdate(ski=ski), received_at)
+        elif isinstance(value, SidecarLimit):
+            self._runner.apply(LimitUpdated(ski=ski, limit=value), received_at)
+        elif isinstance(value, float) and name == "DataUpdateFailsafeConsumptionActivePowerLimit":
+            self._runner.apply(FailsafeLimitUpdated(ski=ski, limit_W=value), received_at)
+        elif isinstance(value, float):
+            self._runner.apply(FailsafeDurationUpdated(ski=ski, duration_s=value), received_at)
+
+    def needs_heartbeat_check(self) -> bool:
+        return self._runner.engine.needs_sidecar_heartbeat_check(trio.current_time())
+
+    def decide(
+        self, event: UseCaseEvent, pending: PendingWrites, heartbeat_within: bool | None
+    ) -> list[Answer]:
+        """Each pending write is decided once, by the engine; a write still pending when the
+        next WriteApprovalRequired's read comes (its answer in flight) is not decided again."""
+        now = trio.current_time()
+        if len(self._answered) > 1000:
+            self._answered = {
+                k: t for k, t in self._answered.items() if now - t < _ANSWERED_MEMORY_S
+            }
+        ski = normalize_ski(event.ski)
+        new = tuple(
+            (counter, limit) for counter, limit in pending if (ski, counter) not in self._answered
+        )
+        if not new:
+            log.debug("WriteApprovalRequired from %s: nothing new is pending", ski)
+            return []
+        for counter, _ in new:
+            self._answered[(ski, counter)] = now
+        return self._runner.apply(
+            WriteApprovalRequired(ski=ski, pending=new, sidecar_heartbeat_within=heartbeat_within)
+        )
+
+    def rpc_refused(self, event: UseCaseEvent, error: SidecarRpcError) -> None:
+        # The sidecar is alive but could not give the value or take the answer: keep going.
+        log.warning("event %s from %s: %s", event.name, event.ski or "<no SKI>", error)
+
+    def _act(self, action: SidecarAction) -> None:
+        try:
+            self._actions.send_nowait(action)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("sidecar connection not accepting actions: dropped %r", action)

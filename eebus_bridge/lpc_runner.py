@@ -1,10 +1,19 @@
 """The lpc task: the thin Trio shell around the pure LPC engine.
 
 It owns the engine for the life of the process (a restart of the sidecar connection is a
-communication loss, not a reboot), feeds it the inputs the eebus task sends, sleeps until the
-engine's next deadline with a cancel scope (never a polling tick), and carries out the decisions:
-publications go to the outputs' latest-value cell, failsafe values to the store, and the RPCs
-(answers, write-backs, SKI registrations, local data) to whichever sidecar connection is attached.
+communication loss, not a reboot), sleeps until the engine's next deadline with a cancel scope
+(never a polling tick), and carries out the decisions: publications go to the outputs'
+latest-value cell, failsafe values to the store, and the RPCs (write-backs, SKI registrations,
+local data) to whichever sidecar connection is attached.
+
+Inputs are applied synchronously by whoever hands them over (`apply`): the eebus task and its
+event lanes, which run on the asyncio side of the trio-asyncio island — the same thread as every
+Trio task. An input is therefore applied to the engine the moment its value is known, on the
+caller's stack, and inputs reach the engine in exactly the order they are handed over (there is
+no queue that two callers could overtake each other in). `apply` returns the answers to pending
+writes instead of routing them through a channel, so the approval lane sends them at once; the
+engine still records every answer (it decided it). After each input the sleeping lpc task's
+deadline is moved to the engine's new next deadline, so time-driven transitions stay on time.
 """
 
 from __future__ import annotations
@@ -59,8 +68,6 @@ _SIDECAR_ACTIONS = (
     RegisterSki,
     SendLocalData,
 )
-_INPUT_BUFFER = 1000
-_BATCH = 64  # inputs applied between two checkpoints of the lpc task
 
 
 def utc_now() -> datetime:
@@ -68,7 +75,7 @@ def utc_now() -> datetime:
 
 
 class LpcRunner:
-    """Engine + inputs channel + decision dispatch. One per process."""
+    """Engine + decision dispatch + the deadline sleep. One per process."""
 
     def __init__(
         self,
@@ -89,11 +96,8 @@ class LpcRunner:
         self._wall_clock = wall_clock
         self._state_file: Path = config.lpc.state_file
         self._to_persist: LatestValue[FailsafeValues] = LatestValue()
-        # Each input travels with the time it was handed over (for the latency of publications).
-        self._inputs_send, self._inputs_receive = trio.open_memory_channel[tuple[float, Input]](
-            _INPUT_BUFFER
-        )
         self._sidecar: trio.MemorySendChannel[SidecarAction] | None = None
+        self._sleep: trio.CancelScope | None = None  # the lpc task's sleep until next_deadline
 
     # -- called by the runtime and the eebus task --------------------------------------------
 
@@ -101,17 +105,24 @@ class LpcRunner:
         """Start the engine (Init, and its one publication) before any task runs."""
         self._apply(Start(persisted=persisted))
 
-    async def send(self, event: Input) -> None:
-        """Hand an input to the lpc task (waits only if 1000 inputs are already queued).
+    def apply(self, event: Input, received_at: float | None = None) -> list[Answer]:
+        """Apply an input now; returns the answers to pending writes for the caller to send.
 
-        No scheduling pass when there is room: the caller (the event loop of the eebus task)
-        yields on its next receive anyway, and a pass per heartbeat halves the event rate.
+        Every other decision is carried out here (published, logged, persisted, or routed to
+        the attached sidecar connection). Synchronous: callable from any Trio task and from the
+        asyncio side of the island, which share the Trio thread (see the module docstring).
+        received_at = when the event behind the input arrived (for the publication latency).
         """
-        item = (trio.current_time(), event)
-        try:
-            self._inputs_send.send_nowait(item)
-        except trio.WouldBlock:
-            await self._inputs_send.send(item)
+        answers: list[Answer] = []
+        self._apply(event, received_at, answers)
+        if self._sleep is not None:
+            self._sleep.deadline = self._next_deadline()
+        return answers
+
+    async def send(self, event: Input) -> None:
+        """`apply`, with any answers routed to the attached sidecar connection."""
+        for answer in self.apply(event):
+            self._to_sidecar(answer)
 
     def attach_sidecar(self, actions: trio.MemorySendChannel[SidecarAction] | None) -> None:
         """Route sidecar decisions to this connection (None: no connection, they are dropped).
@@ -124,39 +135,39 @@ class LpcRunner:
     # -- the task ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The lpc task: inputs in, Tick at each deadline, decisions out. Runs until cancelled."""
+        """The lpc task: Tick at each deadline, then sleep until the next. Runs until cancelled.
+
+        Inputs do not pass through here (see `apply`); they move this sleep's deadline.
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._persist_task)
             while True:
-                # Drain what is queued in batches, with no cancel scope or scheduling pass per
-                # input (a heartbeat flood then costs little); then sleep until an input
-                # arrives or the next deadline.
-                if self._drain(_BATCH):
-                    await trio.lowlevel.checkpoint()
-                    continue
-                deadline = self.engine.next_deadline
-                with trio.move_on_at(math.inf if deadline is None else deadline):
-                    received_at, event = await self._inputs_receive.receive()
-                    self._apply(event, received_at)
-                    continue
+                with trio.CancelScope(deadline=self._next_deadline()) as sleep:
+                    self._sleep = sleep
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._sleep = None
                 self._apply(Tick())
 
-    def _drain(self, limit: int) -> bool:
-        """Apply up to `limit` queued inputs; False when there was none."""
-        for count in range(limit):
-            try:
-                received_at, event = self._inputs_receive.receive_nowait()
-            except trio.WouldBlock:
-                return count > 0
-            self._apply(event, received_at)
-        return True
+    def _next_deadline(self) -> float:
+        deadline = self.engine.next_deadline
+        return math.inf if deadline is None else deadline
 
-    def _apply(self, event: Input, received_at: float | None = None) -> None:
+    def _apply(
+        self, event: Input, received_at: float | None = None, answers: list[Answer] | None = None
+    ) -> None:
+        """Hand an input to the engine and carry out its decisions; answers go to `answers`
+        when given (the caller sends them), else to the attached sidecar connection."""
         now = trio.current_time()
         before = self.engine.status(now) if self.activity.observed else None
         decisions = self.engine.handle(event, now)
         for decision in decisions:
-            self._carry_out(decision, now, received_at)
+            if answers is not None and isinstance(decision, Answer):
+                self._log_answer(decision)
+                answers.append(decision)
+            else:
+                self._carry_out(decision, now, received_at)
         if before is not None:
             self._record_activity(event, decisions, before, now)
 
@@ -247,15 +258,19 @@ class LpcRunner:
             self._to_persist.set(decision.values)
         elif isinstance(decision, _SIDECAR_ACTIONS):
             if isinstance(decision, Answer):
-                log.info(
-                    "write %d %s: %s",
-                    decision.msg_counter,
-                    "approved" if decision.approve else "denied",
-                    decision.reason or "-",
-                )
+                self._log_answer(decision)
             self._to_sidecar(decision)
         else:  # pragma: no cover - a new decision type the runner does not know yet
             log.error("unhandled LPC decision %r", decision)
+
+    @staticmethod
+    def _log_answer(answer: Answer) -> None:
+        log.info(
+            "write %d %s: %s",
+            answer.msg_counter,
+            "approved" if answer.approve else "denied",
+            answer.reason or "-",
+        )
 
     def _to_sidecar(self, action: SidecarAction) -> None:
         if self._sidecar is None:

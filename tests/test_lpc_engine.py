@@ -10,7 +10,7 @@ import ast
 import math
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1072,3 +1072,35 @@ def test_a_write_of_unknown_source_uses_any_recent_connection_time_heartbeat() -
 def test_an_unusable_configuration_is_a_programming_error(lpc: LpcConfig) -> None:
     with pytest.raises(ValueError, match="failsafe"):
         LpcEngine(lpc)
+
+
+def _just_after(e: LpcEngine, at: float) -> tuple[LpcEngine, float]:
+    return e, at + 1.0
+
+
+@pytest.mark.parametrize(
+    ("make", "refused"),
+    [
+        (lambda: (engine(), T0 + 1), False),  # no active EG yet
+        (lambda: (in_limited(), T0 + 20), True),
+        (lambda: (in_controlled(), T0 + 20), True),
+        (lambda: _just_after(*in_failsafe()), False),  # another EG may take over
+        (lambda: (in_autonomous(), T0 + 200), False),
+    ],
+)
+def test_refuses_data_from_another_eg_only_while_the_active_one_is_kept(
+    make: Callable[[], tuple[LpcEngine, float]], refused: bool
+) -> None:
+    """Issue 13 item 2: the runtime drops such events before reading their values."""
+    e, now = make()
+    assert e.refuses_data_from(EG2, now) is refused
+    assert e.refuses_data_from(EG_SPELLED, now) is False  # the active EG itself (or none)
+
+
+def test_refuses_data_from_nobody_once_a_transition_that_clears_the_active_eg_is_due() -> None:
+    e = in_limited()
+    deadline = e.next_deadline
+    assert deadline is not None
+    assert e.refuses_data_from(EG2, deadline - 1.0)
+    # The heartbeat timeout is due but not yet applied: Failsafe may clear the active EG first.
+    assert not e.refuses_data_from(EG2, deadline)

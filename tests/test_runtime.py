@@ -334,7 +334,9 @@ async def test_logs_name_rule_ids_and_publications(
 async def test_external_sidecar_hang_then_resume_keeps_state(tmp_path: Path) -> None:
     """manage = false: a hung sidecar is detected; on its return the bridge resumes on the
     remembered LPC endpoint (SetConfig says it is configured), re-reads and writes back."""
-    slow_failsafe = {"eebus": {"rpc_timeout_s": 0.3}, "timing": {"heartbeat_timeout_s": 5.0}}
+    # RPC deadlines of 1 s (not shorter: on a loaded machine a 0.3 s subscribe bound ran out
+    # and the handshake was retried) and a heartbeat timeout far above the outage.
+    slow_failsafe = {"eebus": {"rpc_timeout_s": 1.0}, "timing": {"heartbeat_timeout_s": 20.0}}
     async with simulated_bridge(
         tmp_path, actions=(limit_write(0.3, 2000.0),), config=slow_failsafe
     ) as (sim, bridge, publications):
@@ -343,14 +345,14 @@ async def test_external_sidecar_hang_then_resume_keeps_state(tmp_path: Path) -> 
         sim.freeze()
         await wait_until(lambda: not bridge.connected.is_set(), limit_s=10)
         sim.unfreeze()
-        with trio.fail_after(10):
+        with trio.fail_after(15):
             await bridge.connected.wait()
         assert bridge.connections == 2
         set_configs = [r for r in sim.records if r.method == "SetConfig"]
-        assert len(set_configs) == 2
-        assert set_configs[1].error is not None
-        assert "not in setup state" in set_configs[1].error
-        # The limit was re-read on the resumed endpoint; no Init, no Failsafe (5 s timeout).
+        assert len(set_configs) >= 2
+        # Every later SetConfig found the sidecar configured: the bridge resumed, never set up.
+        assert all("not in setup state" in str(r.error) for r in set_configs[1:])
+        # The limit was re-read on the resumed endpoint; no Init, no Failsafe (20 s timeout).
         await trio.sleep(0.3)
         assert publications.states == ["Init", "Limited"]
 

@@ -25,25 +25,40 @@ at the simulator, uses the spec's approval rules and timings, writes JSONL to a 
 at INFO to a file, as deployed (one line per published limit and per answered write). It runs
 either inside this process (the real `Bridge` on a trio-asyncio loop; metrics 1, 2, 3, 7, where
 its internals can be observed without polling) or as `python -m eebus_bridge run -c CFG`
-(metrics 4, 5, 6). For 1, 2 and 3 the EG's writes come from the scenario (timed actions in the
+(metrics 4, 5, 6). For 3 the EG's writes come from the scenario (timed actions in the
 simulator, random whole watts, seed 1), the simulator logs only warnings and this process
 reads nothing from it until the scenario is over: the harness does no work on the measured
-path. The results include the simulator's own time on that path (a Python gRPC server, where
-the real sidecar is Go), see the README.
+path (1 and 2 drive writes through the control port, see there). The results include the
+simulator's own time on that path (a Python gRPC server, where the real sidecar is Go), see
+the README.
 
 Methods, per metric:
 
-1. DataUpdateLimit -> JSONL line written. The EG writes a limit (no end) every
-   `--write-interval-ms` (20 ms: each write is done long before the next; the JSON counts any
-   overlap), `--warmup` + `--limit-samples` writes plus a few spare ones (two equal random
-   values in a row publish nothing new and give no sample). Start: the simulator's record of
-   the DataUpdateLimit event, stamped when the approval is applied, before the event goes to
-   the stream. End: the JSONL sink's own write-and-flush function, wrapped so that the clock is
-   read the moment flush() returns (the line is then in the file for every reader). The
-   wrapper costs one clock read in the sink's worker thread; nothing polls the file.
-2. WriteApprovalRequired -> answer at the simulator, from the same writes: the simulator's
-   event record to its approval record of the bridge's ApproveOrDenyConsumptionLimit, both
-   stamped by the simulator. Every write must be approved.
+1. DataUpdateLimit -> JSONL line written, and 2. WriteApprovalRequired -> answer at the
+   simulator, each for the bridge and for a minimal client side by side (issue 12). One
+   simulator process serves `--rounds` rounds; in each, the bridge and the minimal client take
+   a turn (bridge first in even rounds, the client first in odd ones), so both meet the same
+   simulator and the same machine load, right before or after each other. The first turn does
+   the full handshake, later ones resume on the known LPC endpoint (the sidecar is already set
+   up; the bridge does the same after a reconnect). A turn waits 1.5 s (one EG heartbeat, so
+   writes in Init are not gated [LPC-TS-036]), then this process sends `--warmup` + samples
+   EG writes (`send_limit`, random whole watts, seed 1) from a small process of its own
+   (`--drive-writes`) through one control connection, one every `--write-interval-ms`; it
+   reads the control answers (the msg counters) only after the last one: nothing but the
+   client under test works on a write while it is handled. Metric 2 = the simulator's
+   approval record minus its WriteApprovalRequired event record (both stamped by the
+   simulator); metric 1 = the moment the line is in the file minus the simulator's
+   DataUpdateLimit event record. For the bridge the JSONL sink's write-and-flush is wrapped so
+   that the clock is read the moment flush() returns (one clock read in the sink's worker
+   thread, nothing polls the file); the minimal client appends "<monotonic> <value>" to a
+   stamps file after its flush. Each turn's records are taken by its msg counters and time
+   span. The minimal client (`minimal_client`, run as `python -m tools.bench_runtime
+   --minimal-client ...`) is a synchronous grpcio client in its own process: the same
+   handshake, then per event the same reads and answers and one JSON line, no state machine.
+   Reported: p50/p99 of both over all turns, the per-round p50 range, the ratio bridge /
+   client per metric at p50 and p99, and the CPU time per write of the bridge (this process),
+   the client and the simulator (/proc schedstat) while the writes were played: on a loaded
+   machine CPU per write is steadier than latency.
 3. Lateness of a deadline-driven publication. The EG writes a 1 s limit (the shortest the
    sidecar reports: it rounds the remaining duration to whole seconds) every
    `--deadline-interval` s. The bridge publishes Limited with the limit's end as wall time
@@ -90,12 +105,14 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import gc
 import itertools
 import json
 import logging
 import math
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -470,45 +487,404 @@ def pair_limit_writes(
     return publish, answer, counts
 
 
-async def bench_limit_writes(
-    workdir: Path, *, samples: int, warmup: int, interval_s: float
-) -> list[Result]:
-    # Spare writes: two equal random values in a row publish nothing new.
-    total = warmup + samples + 20
-    scenario = write_scenario(workdir, heartbeat_period_s=1.0, writes=total, every_s=interval_s)
-    async with in_process_session(workdir, scenario, control=False, record=True) as session:
-        await wait_played(total, interval_s, lambda: len(session.sim.records("approval")))
-        await trio.sleep(0.5)
-        lines = [(mono, line_limit_w(line)) for mono, _, line in session.writes.lines]
-        events, approvals = sim_records(session.sim)
-    publish, answer, counts = pair_limit_writes(
-        events, approvals, lines, warmup=warmup, samples=samples
+def minimal_client(port: int, lpc_endpoint: str, config_path: Path, stamps_path: Path) -> None:
+    """The floor of metrics 1 and 2: the fewest lines that do the bridge's job on this path.
+
+    A synchronous grpcio client (generic unary calls, betterproto2 messages as bytes): the same
+    handshake (or, when the sidecar is already set up, the same resumption on the known LPC
+    endpoint), then per event: WriteApprovalRequired -> PendingConsumptionLimit -> approve each;
+    DataUpdateLimit -> ConsumptionLimit -> one JSON line written and flushed. No state machine,
+    no checks. After each line, "<monotonic> <value>" goes to `stamps_path` (after the measured
+    moment). Runs until killed.
+    """
+    import grpc  # from grpcio-tools (the test extra); the bridge itself never uses grpcio
+
+    from eebus_bridge.eebus_link import set_config_request
+    from eebus_bridge.generated import control_service as cs
+    from eebus_bridge.generated import cs_lpc
+    from eebus_bridge.generated.common_types import LoadLimit
+    from eebus_bridge.sidecar_client import LPC_ENTITY, LPC_USE_CASE, NOT_IN_SETUP
+
+    def unary(channel: Any, path: str, response: Any) -> Any:
+        return channel.unary_unary(
+            path, request_serializer=bytes, response_deserializer=response.parse
+        )
+
+    config = load_config(config_path).config
+    control = grpc.insecure_channel(f"localhost:{port}")
+    service, lpc_service = (
+        "/control_service.ControlService/",
+        "/cs_lpc.ControllableSystemLPCControl/",
     )
-    denied = counts["denied"]
-    pub, ans = summary(publish), summary(answer)
-    details = {"warmup": warmup, "write_interval_s": interval_s, **counts}
-    return [
-        Result(
-            key="limit_to_jsonl",
-            metric="1. DataUpdateLimit event -> JSONL line written",
-            samples=str(len(publish)),
-            typical=_ms(pub["p50"]),
-            worst=f"{_ms(pub['p99'])} / {_ms(pub['max'])}",
-            target="p50 <= 2 ms, p99 <= 5 ms",
-            passed=pub["p50"] <= 0.002 and pub["p99"] <= 0.005 and denied == 0,
-            data={"seconds": pub, **details},
+    try:
+        unary(control, service + "SetConfig", cs.EmptyResponse)(set_config_request(config))
+        unary(control, service + "StartSetup", cs.EmptyResponse)(cs.EmptyRequest())
+        for ski in sorted(config.eebus.ems_ski_allowlist):
+            request = cs.RegisterRemoteSkiRequest(remote_ski=ski)
+            unary(control, service + "RegisterRemoteSki", cs.EmptyResponse)(request)
+        add = cs.AddUseCaseRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
+        lpc_endpoint = unary(control, service + "AddUseCase", cs.AddUseCaseResponse)(add).endpoint
+    except grpc.RpcError as exc:
+        if NOT_IN_SETUP not in (exc.details() or ""):
+            raise
+    lpc = grpc.insecure_channel(lpc_endpoint)
+    lpc_config, set_done = config.lpc, cs_lpc.SetConsumptionLimitResponse
+    for name, message in (
+        (
+            "SetConsumptionNominalMax",
+            cs_lpc.SetConsumptionNominalMaxRequest(value=lpc_config.max_nominal_power_W),
         ),
-        Result(
-            key="approval_answer",
-            metric="2. WriteApprovalRequired -> ApproveOrDeny at the simulator",
-            samples=str(len(answer)),
-            typical=_ms(ans["p50"]),
-            worst=f"{_ms(ans['p99'])} / {_ms(ans['max'])}",
-            target="p99 <= 5 ms",
-            passed=ans["p99"] <= 0.005 and denied == 0,
-            data={"seconds": ans, **details},
+        (
+            "SetConsumptionLimit",
+            cs_lpc.SetConsumptionLimitRequest(
+                load_limit=LoadLimit(is_changeable=True, value=lpc_config.max_nominal_power_W)
+            ),
         ),
+        (
+            "SetFailsafeConsumptionActivePowerLimit",
+            cs_lpc.SetFailsafeConsumptionActivePowerLimitRequest(
+                value=lpc_config.failsafe_limit_W, is_changeable=True
+            ),
+        ),
+        (
+            "SetFailsafeDurationMinimum",
+            cs_lpc.SetFailsafeDurationMinimumRequest(
+                duration_nanoseconds=round(lpc_config.failsafe_duration_s * 1e9), is_changeable=True
+            ),
+        ),
+    ):
+        unary(lpc, lpc_service + name, set_done)(message)
+    subscribe = cs.SubscribeUseCaseEventsRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
+    events = control.unary_stream(
+        service + "SubscribeUseCaseEvents",
+        request_serializer=bytes,
+        response_deserializer=cs.SubscribeUseCaseEventsResponse.parse,
+    )(subscribe)
+    discovery = control.unary_stream(
+        service + "SubscribeDiscoveryEvents",
+        request_serializer=bytes,
+        response_deserializer=cs.DiscoveryEvent.parse,
+    )(cs.SubscribeDiscoveryEventsRequest())
+    with contextlib.suppress(grpc.RpcError):  # "Service is already running" when resuming
+        unary(control, service + "StartService", cs.EmptyResponse)(cs.EmptyRequest())
+    unary(lpc, lpc_service + "StartHeartbeat", cs_lpc.StartHeartbeatResponse)(
+        cs_lpc.StartHeartbeatRequest()
+    )
+    pending = unary(
+        lpc, lpc_service + "PendingConsumptionLimit", cs_lpc.PendingConsumptionLimitResponse
+    )
+    answer = unary(
+        lpc,
+        lpc_service + "ApproveOrDenyConsumptionLimit",
+        cs_lpc.ApproveOrDenyConsumptionLimitResponse,
+    )
+    read = unary(lpc, lpc_service + "ConsumptionLimit", cs_lpc.ConsumptionLimitResponse)
+    print("ready", flush=True)
+    with stamps_path.open("a") as stamps, (stamps_path.parent / "minimal.jsonl").open("a") as out:
+        for event in events:
+            name = event.use_case_event.event if event.use_case_event else ""
+            if name == "WriteApprovalRequired":
+                for counter in pending(cs_lpc.PendingConsumptionLimitRequest()).load_limits:
+                    answer(
+                        cs_lpc.ApproveOrDenyConsumptionLimitRequest(
+                            msg_counter=counter, approve=True
+                        )
+                    )
+            elif name == "DataUpdateLimit":
+                limit = read(cs_lpc.ConsumptionLimitRequest()).load_limit
+                out.write(json.dumps({"limit_W": limit.value, "active": limit.is_active}) + "\n")
+                out.flush()
+                stamps.write(f"{time.monotonic()!r} {limit.value!r}\n")
+                stamps.flush()
+    discovery.cancel()
+
+
+@attrs.frozen
+class Phase:
+    """One client's turn against the shared simulator: its writes and what it produced."""
+
+    client: str  # "bridge" | "minimal"
+    started: float  # monotonic, just before the first write
+    ended: float  # monotonic, after the last answer arrived
+    counters: frozenset[int]
+    lines: list[tuple[float, float | None]]  # (monotonic when in the file, limit W)
+    cpu_s: float  # the client's CPU time while the writes were played
+    sim_cpu_s: float  # the simulator's in the same span
+
+
+def write_driver(control_port: int, count: int, interval_s: float) -> None:
+    """`count` EG writes through one control connection, one every interval_s, from a process of
+    its own (so that neither client's CPU time includes it); the answers (msg counters) are read
+    only after the last write and printed as one JSON list."""
+    import socket
+
+    rng = random.Random(1)
+    with socket.create_connection(("127.0.0.1", control_port)) as connection:
+        next_at = time.monotonic()
+        for _ in range(count):
+            value = float(rng.randint(100, 30000))
+            connection.sendall(
+                (json.dumps({"action": "send_limit", "value": value}) + "\n").encode()
+            )
+            next_at += interval_s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        received = b""
+        while received.count(b"\n") < count:
+            chunk = connection.recv(65536)
+            if not chunk:
+                raise ConnectionError("control interface closed the connection")
+            received += chunk
+    answers = [json.loads(line) for line in received.decode().splitlines() if line.strip()]
+    failed = [a for a in answers if not a.get("ok")]
+    if failed:
+        raise RuntimeError(f"control send_limit failed: {failed[0]}")
+    print(json.dumps([int(a["msg_counter"]) for a in answers]))
+
+
+async def _drive_writes(control_port: int, count: int, interval_s: float) -> frozenset[int]:
+    command = [sys.executable, "-m", "tools.bench_runtime", "--drive-writes"]
+    command += [str(control_port), str(count), str(interval_s)]
+    done = await trio.run_process(command, capture_stdout=True)
+    return frozenset(json.loads(done.stdout))
+
+
+async def _answered(sim: SimulatorProcess, counters: frozenset[int]) -> None:
+    with trio.fail_after(30):
+        while True:
+            done = {int(a["msg_counter"]) for a in sim.records("approval")}
+            if counters <= done:
+                return
+            await trio.sleep(0.2)
+
+
+async def _bridge_phase(
+    workdir: Path, sim: SimulatorProcess, endpoint: str, *, writes: int, interval_s: float
+) -> Phase:
+    config = load_config(write_bridge_config(workdir, grpc_port=sim.port)).config
+    sink_writes = SinkWrites()
+    with sink_writes.installed(), bridge_log_to(workdir / "bridge.log"):
+        bridge = Bridge(config, publications=RecordedPublications())
+        # As `eebus-bridge run` does after start-up: long-lived objects out of the full passes.
+        gc.collect()
+        gc.freeze()
+        if endpoint:
+            # The sidecar is already set up (by an earlier phase): resume on its LPC endpoint,
+            # as the bridge does after a reconnect within one process.
+            bridge.link._endpoint = endpoint
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            with trio.fail_after(30):
+                await bridge.connected.wait()
+            await trio.sleep(1.5)  # one EG heartbeat: writes in Init need one [LPC-TS-036]
+            started = time.monotonic()
+            cpu, sim_cpu = time.process_time(), proc_cpu_ns(sim.pid)
+            counters = await _drive_writes(sim.control_port or 0, writes, interval_s)
+            cpu, sim_cpu = time.process_time() - cpu, proc_cpu_ns(sim.pid) - sim_cpu
+            await _answered(sim, counters)
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel()
+    lines = [(mono, line_limit_w(line)) for mono, _, line in sink_writes.lines]
+    return Phase("bridge", started, time.monotonic(), counters, lines, cpu, sim_cpu / 1e9)
+
+
+async def _minimal_phase(
+    workdir: Path, sim: SimulatorProcess, endpoint: str, *, writes: int, interval_s: float
+) -> Phase:
+    config_path = write_bridge_config(workdir, grpc_port=sim.port)
+    stamps = workdir / f"minimal-{time.monotonic_ns()}.stamps"
+    command = [
+        sys.executable,
+        "-m",
+        "tools.bench_runtime",
+        "--minimal-client",
+        str(sim.port),
+        endpoint,
+        str(config_path),
+        str(stamps),
     ]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(30):
+            ready = b""
+            while b"ready" not in ready:
+                chunk = await process.stdout.receive_some(1024)
+                if not chunk:
+                    raise RuntimeError("the minimal client exited before it was ready")
+                ready += chunk
+        await trio.sleep(1.5)
+        started = time.monotonic()
+        cpu, sim_cpu = proc_cpu_ns(process.pid), proc_cpu_ns(sim.pid)
+        counters = await _drive_writes(sim.control_port or 0, writes, interval_s)
+        cpu, sim_cpu = proc_cpu_ns(process.pid) - cpu, proc_cpu_ns(sim.pid) - sim_cpu
+        await _answered(sim, counters)
+        await trio.sleep(0.3)
+    finally:
+        process.kill()
+        await process.wait()
+    lines: list[tuple[float, float | None]] = []
+    for text in stamps.read_text().splitlines():
+        mono, value = text.split()
+        lines.append((float(mono), float(value)))
+    return Phase("minimal", started, time.monotonic(), counters, lines, cpu / 1e9, sim_cpu / 1e9)
+
+
+def _phase_samples(
+    phase: Phase, events: dict[str, list[float]], approvals: list[dict[str, Any]], warmup: int
+) -> tuple[list[float], list[float], dict[str, int]]:
+    mine = [a for a in approvals if int(a["msg_counter"]) in phase.counters]
+    window = {
+        name: [t for t in stamps if phase.started <= t <= phase.ended]
+        for name, stamps in events.items()
+    }
+    return pair_limit_writes(window, mine, phase.lines, warmup=warmup, samples=len(mine))
+
+
+def _ratio_cells(bridge: dict[str, float], floor: dict[str, float]) -> tuple[str, str]:
+    return f"{bridge['p50'] / floor['p50']:.2f}x", f"{bridge['p99'] / floor['p99']:.2f}x"
+
+
+async def bench_limit_writes(
+    workdir: Path, *, samples: int, warmup: int, interval_s: float, rounds: int
+) -> list[Result]:
+    """Metrics 1 and 2, the bridge and the minimal client taking turns on one simulator."""
+    per_phase = warmup + max(1, math.ceil(samples / rounds)) + 5
+    scenario = write_scenario(workdir, heartbeat_period_s=1.0)
+    phases: list[Phase] = []
+    async with (
+        trio_asyncio.open_loop(),
+        open_simulator_process(
+            workdir, scenario=scenario, control=True, record=True, extra_args=SIM_ARGS
+        ) as sim,
+    ):
+        endpoint = ""
+        for round_index in range(rounds):
+            order = ("bridge", "minimal") if round_index % 2 == 0 else ("minimal", "bridge")
+            for client in order:
+                run = _bridge_phase if client == "bridge" else _minimal_phase
+                phases.append(
+                    await run(
+                        prepare(workdir / f"{client}-{round_index}"),
+                        sim,
+                        endpoint,
+                        writes=per_phase,
+                        interval_s=interval_s,
+                    )
+                )
+                if not endpoint:
+                    status = await sim.control.call("status")
+                    endpoint = f"localhost:{status['lpc_port']}"
+        events, approvals = sim_records(sim)
+
+    publish: dict[str, list[float]] = {"bridge": [], "minimal": []}
+    answer: dict[str, list[float]] = {"bridge": [], "minimal": []}
+    per_round: dict[str, list[dict[str, float]]] = {"bridge": [], "minimal": []}
+    denied = 0
+    for phase in phases:
+        pub, ans, counts = _phase_samples(phase, events, approvals, warmup)
+        denied += counts["denied"]
+        publish[phase.client] += pub
+        answer[phase.client] += ans
+        per_round[phase.client].append(
+            {
+                "publish_p50": percentile(pub, 50),
+                "publish_p99": percentile(pub, 99),
+                "answer_p50": percentile(ans, 50),
+                "answer_p99": percentile(ans, 99),
+            }
+        )
+    results: list[Result] = []
+    cpu_ms: dict[str, float] = {}
+    sim_cpu_ms: dict[str, float] = {}
+    for client in ("bridge", "minimal"):
+        mine = [p for p in phases if p.client == client]
+        writes = sum(len(p.counters) for p in mine)
+        cpu_ms[client] = 1000 * sum(p.cpu_s for p in mine) / writes
+        sim_cpu_ms[client] = 1000 * sum(p.sim_cpu_s for p in mine) / writes
+    results.append(
+        Result(
+            key="cpu_per_write",
+            metric="CPU per EG write (both paths): bridge / minimal client; simulator",
+            samples=str(sum(len(p.counters) for p in phases)),
+            typical=(
+                f"{cpu_ms['bridge']:.2f} / {cpu_ms['minimal']:.2f} ms = "
+                f"{cpu_ms['bridge'] / cpu_ms['minimal']:.2f}x"
+            ),
+            worst=f"sim {sim_cpu_ms['bridge']:.2f} / {sim_cpu_ms['minimal']:.2f} ms",
+            target="(info)",
+            passed=None,
+            data={"client_ms": cpu_ms, "simulator_ms": sim_cpu_ms},
+        )
+    )
+    for key, metric, samples_by_client, target, limits in (
+        (
+            "limit_to_jsonl",
+            "1. DataUpdateLimit event -> JSONL line written",
+            publish,
+            "p50 <= 2 ms, p99 <= 5 ms",
+            (0.002, 0.005),
+        ),
+        (
+            "approval_answer",
+            "2. WriteApprovalRequired -> ApproveOrDeny at the simulator",
+            answer,
+            "p50 <= 2 ms, p99 <= 5 ms",
+            (0.002, 0.005),
+        ),
+    ):
+        bridge, floor = summary(samples_by_client["bridge"]), summary(samples_by_client["minimal"])
+        ratio50, ratio99 = _ratio_cells(bridge, floor)
+        details = {
+            "rounds": rounds,
+            "warmup_per_phase": warmup,
+            "write_interval_s": interval_s,
+            "denied": denied,
+            "per_round": per_round,
+        }
+        prefix = "publish" if key == "limit_to_jsonl" else "answer"
+        spread = {
+            client: (
+                f"{_ms(min(r[prefix + '_p50'] for r in rows))}–"
+                f"{_ms(max(r[prefix + '_p50'] for r in rows))}"
+            )
+            for client, rows in per_round.items()
+        }
+        results += [
+            Result(
+                key=key,
+                metric=f"{metric} (bridge)",
+                samples=str(bridge["n"]),
+                typical=f"{_ms(bridge['p50'])} (rounds {spread['bridge']})",
+                worst=f"{_ms(bridge['p99'])} / {_ms(bridge['max'])}",
+                target=target,
+                passed=bridge["p50"] <= limits[0] and bridge["p99"] <= limits[1] and denied == 0,
+                data={"seconds": bridge, **details},
+            ),
+            Result(
+                key=f"{key}_minimal",
+                metric=f"{metric} (minimal grpcio client)",
+                samples=str(floor["n"]),
+                typical=f"{_ms(floor['p50'])} (rounds {spread['minimal']})",
+                worst=f"{_ms(floor['p99'])} / {_ms(floor['max'])}",
+                target="(floor)",
+                passed=None,
+                data={"seconds": floor},
+            ),
+            Result(
+                key=f"{key}_ratio",
+                metric=f"{metric}: bridge / minimal",
+                samples="",
+                typical=ratio50,
+                worst=ratio99,
+                target="<= 1.5x at p50 and p99",
+                passed=bridge["p50"] <= 1.5 * floor["p50"] and bridge["p99"] <= 1.5 * floor["p99"],
+                data={
+                    "p50": bridge["p50"] / floor["p50"],
+                    "p99": bridge["p99"] / floor["p99"],
+                },
+            ),
+        ]
+    return results
 
 
 # ----------------------------------------------------------------------------- 3
@@ -1004,6 +1380,7 @@ async def run_benchmarks(names: Sequence[str], args: argparse.Namespace) -> list
                 samples=args.limit_samples,
                 warmup=args.warmup,
                 interval_s=args.write_interval_ms / 1000.0,
+                rounds=args.rounds,
             )
         elif name == "deadline":
             results += await bench_deadline(
@@ -1037,7 +1414,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--workdir", help="keep the files here (default: a new temp folder)")
     parser.add_argument("--limit-samples", type=int, default=1000, help="metrics 1+2 (1000)")
-    parser.add_argument("--warmup", type=int, default=20, help="unmeasured writes first (20)")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="unmeasured writes first, per phase (20)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="metrics 1+2: bridge/minimal client turns (4)"
+    )
     parser.add_argument(
         "--write-interval-ms", type=float, default=20.0, help="metrics 1+2: EG write every (20)"
     )
@@ -1058,6 +1440,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--drive-writes"]:
+        write_driver(int(argv[1]), int(argv[2]), float(argv[3]))
+        return 0
+    if argv[:1] == ["--minimal-client"]:
+        port, endpoint, config, stamps = argv[1:5]
+        with contextlib.suppress(KeyboardInterrupt):
+            minimal_client(int(port), endpoint, Path(config), Path(stamps))
+        return 0
     args = _parser().parse_args(argv)
     names = list(BENCHMARKS) if "all" in args.benchmarks else list(dict.fromkeys(args.benchmarks))
     machine = machine_info()

@@ -239,6 +239,18 @@ class LpcEngine:
             return False
         return any(now <= at + window for at in self._support_update_at.values())
 
+    def refuses_data_from(self, raw_ski: str, now: float) -> bool:
+        """True when a data event of this EG would be refused: another EG is the active one and
+        the state keeps it so (neither Failsafe nor Unlimited/autonomous), with no timed
+        transition due by ``now`` (one could clear the active EG first). The runtime then need
+        not read the value the event announces (issue 13, item 2)."""
+        if self._active_ski is None or self._state in _CLEARING:
+            return False
+        if not is_valid_ski(raw_ski) or normalize_ski(raw_ski) == self._active_ski:
+            return False
+        deadline = self.next_deadline
+        return deadline is None or deadline > now
+
     def current_sidecar_limit(self, now: float) -> SidecarLimit:
         """The limit as the CS sees it, for handshake step 6 and write-backs.
 

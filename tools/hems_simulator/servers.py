@@ -15,6 +15,7 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import betterproto2
+import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
@@ -23,6 +24,7 @@ from grpclib.server import Server
 from eebus_bridge.generated import control_service as cs
 from eebus_bridge.generated import cs_lpc
 from eebus_bridge.generated.common_types import LoadLimit
+from eebus_bridge.sidecar_client import CoalescingTransport
 
 from .channels import FreezeGate
 from .logs import SimLog
@@ -55,7 +57,10 @@ class AbortableServer(Server):
         def connection_made(transport: asyncio.BaseTransport) -> None:
             mine.append(transport)
             self._transports.add(transport)
-            made(transport)
+            # One segment per response instead of one per HTTP/2 frame: the simulator's own
+            # cost per RPC must stay small next to the client's it is used to measure.
+            assert isinstance(transport, asyncio.Transport)
+            made(CoalescingTransport(transport, asyncio.get_running_loop()))
 
         def connection_lost(exc: BaseException | None) -> None:
             self._transports.difference_update(mine)
@@ -107,6 +112,20 @@ class ServerSet:
             await asyncio.gather(*waits, return_exceptions=True)
 
 
+class HeldRpc:
+    """One coming call of a method whose answer is held back (a slow sidecar or network).
+
+    The answer is computed when the request arrives and sent `seconds` later, so a test can
+    tell the held answer from one computed afterwards. `started` is set when the hold begins.
+    """
+
+    def __init__(self, method: str, seconds: float) -> None:
+        self.method = method
+        self.seconds = seconds
+        self.started = trio.Event()
+        self.finished = trio.Event()
+
+
 class RpcRunner:
     """Records, freezes and maps errors for every RPC of every simulated server."""
 
@@ -120,6 +139,20 @@ class RpcRunner:
         self.records = records
         self.gate = gate
         self.on_crash = on_crash
+        self.holds: dict[str, HeldRpc] = {}
+
+    def hold_next(self, method: str, seconds: float) -> HeldRpc:
+        """Hold back the answer of the next call of `method` (e.g. "cs_lpc.ConsumptionLimit")."""
+        hold = HeldRpc(method, seconds)
+        self.holds[method] = hold
+        return hold
+
+    async def _held(self, hold: HeldRpc) -> None:
+        hold.started.set()
+        try:
+            await asyncio.sleep(hold.seconds)
+        finally:
+            hold.finished.set()
 
     async def run(self, method: str, request: betterproto2.Message, action: Callable[[], _R]) -> _R:
         async def wrapped() -> _R:
@@ -133,9 +166,14 @@ class RpcRunner:
         request: betterproto2.Message,
         action: Callable[[], Awaitable[_R]],
     ) -> _R:
-        await self.gate.pass_through()
+        if self.gate.frozen:
+            await self.gate.pass_through()
         try:
             result = await action()
+            if self.holds:
+                hold = self.holds.pop(method, None)
+                if hold is not None:
+                    await self._held(hold)
         except SidecarError as exc:
             self.records.add_rpc(method, request, str(exc))
             raise GRPCError(Status.UNKNOWN, str(exc)) from None

@@ -24,7 +24,7 @@ from .errors import unwrapped_exception_groups
 from .logs import SimLog
 from .records import ApprovalRecord, EventRecord, RecordBook, RpcRecord, message_to_dict
 from .scenario import ActionSpec, Scenario, load_scenario, with_overrides
-from .servers import AbortableServer, ControlService, RpcRunner, ServerSet
+from .servers import AbortableServer, ControlService, HeldRpc, RpcRunner, ServerSet
 from .sidecar import (
     NS_PER_S,
     Lifecycle,
@@ -295,6 +295,12 @@ class HemsSimulator:
     def unfreeze(self) -> None:
         self.gate.thaw()
         self.log.info("Simulator unfrozen")
+
+    def hold_rpc(self, method: str, seconds: float) -> HeldRpc:
+        """Answer the next call of `method` (e.g. "cs_lpc.ConsumptionLimit") `seconds` late,
+        with the value of when it arrived; other RPCs and the streams go on meanwhile."""
+        self._alive()
+        return self._runner.hold_next(method, seconds)
 
     def apply_action(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Run one control-interface command; never raises, answers {"ok": ..., ...}."""
