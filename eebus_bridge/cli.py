@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_everest_module_commands(commands)
     _add_pairing_commands(commands)
     _add_history_commands(commands)
+    _add_status_command(commands)
     return parser
 
 
@@ -147,6 +148,25 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
     return value
+
+
+def _add_status_command(commands: Any) -> None:
+    status = _config_command(
+        commands,
+        "status",
+        _status,
+        "print the running bridge's status (exit 0 healthy, 1 unhealthy, 3 not running)",
+    )
+    status.add_argument("--json", action="store_true", help="print /api/status as JSON")
+
+
+def _status(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG_ERROR
+    from eebus_bridge.status.client import print_status
+
+    return print_status(loaded.config, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
 
 def _add_history_commands(commands: Any) -> None:

@@ -18,6 +18,7 @@ legal but risky setting (spec timings shortened, unknown EMS accepted, readable 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -170,6 +171,19 @@ class HistoryConfig:
 
 
 @attrs.frozen
+class StatusConfig:
+    """The status endpoint (page, JSON, metrics, health). listen = "" switches it off.
+
+    Binding to anything but loopback needs a token, or allow_anonymous = true (checked in
+    pass 2: it needs two keys at once).
+    """
+
+    listen: str = "127.0.0.1:8780"  # "host:port"; "[::1]:8780" for IPv6; "" = no endpoint
+    token: str | None = None  # requests must carry "Authorization: Bearer <token>"
+    allow_anonymous: bool = False
+
+
+@attrs.frozen
 class Config:
     device: DeviceConfig
     eebus: EebusConfig
@@ -178,6 +192,7 @@ class Config:
     outputs: tuple[OutputConfig, ...]
     history: HistoryConfig = HistoryConfig()
     source: Path | None = None  # the file it was loaded from
+    status: StatusConfig = StatusConfig()
 
     @property
     def history_path(self) -> Path:
@@ -214,7 +229,7 @@ OUTPUT_TYPES: dict[str, type[OutputConfig]] = {
     "everest-legacy-api": EverestLegacyApiOutput,
     "rpcapi": RpcApiOutput,
 }
-_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "history")
+_SECTIONS = ("device", "eebus", "sidecar", "lpc", "output", "history", "status")
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -255,6 +270,9 @@ def config_from_document(
     history = _structure_section(document, "history", HistoryConfig, report)
     if history is not None and lpc is not None:
         history = _finish_history(history, lpc, base_dir)
+    status = _structure_section(document, "status", StatusConfig, report)
+    if status is not None:
+        _finish_status(status, report)
     for key in document:
         if key not in _SECTIONS:
             report.add(_key_path("", key), "unknown key" + _did_you_mean(key, _SECTIONS))
@@ -266,6 +284,7 @@ def config_from_document(
         or sidecar is None
         or lpc is None
         or history is None
+        or status is None
     ):
         raise ConfigError(report.problems)
     config = Config(
@@ -276,6 +295,7 @@ def config_from_document(
         outputs=tuple(outputs),
         history=history,
         source=source,
+        status=status,
     )
     return LoadedConfig(config=config, warnings=tuple(_warnings(config)))
 
@@ -621,6 +641,56 @@ def _stdout_or_path(value: Path) -> Path | None:
     return None if str(value) == "-" else value
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """("host", port) of a `[status] listen` value: "127.0.0.1:8780", "[::1]:8780",
+    "localhost:8780" or "0.0.0.0:8780". Port 0 takes any free port. Raises ValueError."""
+    host, colon, port_text = listen.rpartition(":")
+    if not colon or not host or not port_text.isdigit():
+        raise ValueError(f'must be "host:port" (e.g. "127.0.0.1:8780"), got {_quoted(listen)}')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_quoted(host)} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f'write an IPv6 address in brackets ("[::1]:8780"), got {_quoted(listen)}')
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError(f"{_quoted(host)} is not a host name or IP address")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for "localhost" and loopback addresses; any other name may resolve to a public
+    address, so it counts as not loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _status_listen(value: str) -> str:
+    if value:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+    return value
+
+
+def _http_token(value: str) -> str:
+    """A bearer token travels in an HTTP header: printable ASCII without spaces."""
+    _not_empty(value)
+    if not all("!" <= char <= "~" for char in value):
+        raise _Invalid("must be printable ASCII without spaces (it is sent in an HTTP header)")
+    return value
+
+
 _PORT = _between(1, 65535)
 _FAILSAFE_DURATION = _between(7200, 86400)  # 2 h to 24 h; the sidecar refuses anything else
 _MQTT_RULES: dict[str, _Rule] = {
@@ -675,6 +745,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         **_MQTT_RULES,
     },
     EverestLegacyApiOutput: {"evse_manager_id": _mqtt_topic_level, **_MQTT_RULES},
+    StatusConfig: {"listen": _status_listen, "token": _http_token},
     RpcApiOutput: {
         "url": _websocket_url,
         "evse_indices": _evse_indices,
@@ -838,6 +909,20 @@ def _finish_history(history: HistoryConfig, lpc: LpcConfig, base_dir: Path) -> H
     return attrs.evolve(history, path=_absolute(base_dir, history.path))
 
 
+def _finish_status(status: StatusConfig, report: _Report) -> None:
+    """Anyone who can reach a non-loopback address could read the status: ask for a token."""
+    if not status.listen or status.token is not None or status.allow_anonymous:
+        return
+    host, _ = parse_listen(status.listen)
+    if not is_loopback_host(host):
+        report.add(
+            "status.token",
+            f"required when status.listen ({_quoted(status.listen)}) is not a loopback address; "
+            "set a token, or status.allow_anonymous = true to let anyone on the network read "
+            "the status",
+        )
+
+
 def _finish_output(output: OutputConfig, key: str, base_dir: Path, report: _Report) -> OutputConfig:
     if isinstance(output, JsonlOutput):
         if output.path is None:
@@ -984,12 +1069,27 @@ def _warnings(config: Config) -> list[str]:
                 f"lpc.timing.{field.name} = {_number(value)} differs from the spec value "
                 f"{_number(spec_value)} s; use only for tests and simulations"
             )
+    warnings.extend(_status_warnings(config.status))
     for index, output in enumerate(config.outputs):
         if isinstance(output, EverestApiOutput) and output.communication_check_s >= 5:
             warnings.append(
                 f"output[{index}].communication_check_s = {_number(output.communication_check_s)}"
                 " is not below EVerest's default check timeout of 5 s; EVerest may consider "
                 "the bridge gone between two checks"
+            )
+    return warnings
+
+
+def _status_warnings(status: StatusConfig) -> list[str]:
+    warnings: list[str] = []
+    if status.token is not None and len(status.token) < 16:
+        warnings.append("status.token is shorter than 16 characters; it is easy to guess")
+    if status.listen and status.token is None and status.allow_anonymous:
+        host, _ = parse_listen(status.listen)
+        if not is_loopback_host(host):
+            warnings.append(
+                f"status.allow_anonymous = true on {_quoted(status.listen)}: anyone who can "
+                "reach this address can read the charger's status and history"
             )
     return warnings
 
@@ -1025,7 +1125,15 @@ def config_to_toml_dict(config: Config, *, hide_secrets: bool = True) -> dict[st
         "lpc": _plain_table(config.lpc),
         "output": [_plain_output(output, hide_secrets) for output in config.outputs],
         "history": _plain_table(config.history),
+        "status": _plain_status(config.status, hide_secrets),
     }
+
+
+def _plain_status(status: StatusConfig, hide_secrets: bool) -> dict[str, Any]:
+    table = _plain_table(status)
+    if hide_secrets and "token" in table:
+        table["token"] = "<hidden>"
+    return table
 
 
 def _plain_output(output: OutputConfig, hide_secrets: bool) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from eebus_bridge.backoff import Backoff, BackoffPolicy
 from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
-from eebus_bridge.history import HistoryStore
+from eebus_bridge.history import HistoryStore, read_history, timeline_svg
 from eebus_bridge.logs import emergency_line
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
@@ -73,6 +73,7 @@ from eebus_bridge.sidecar_process import (
     sidecar_command,
 )
 from eebus_bridge.sinks import Sink, make_sink
+from eebus_bridge.status import HistoryAccess, StatusEndpoint, StatusSources, StatusTracker
 
 log = logging.getLogger("eebus_bridge")
 
@@ -153,6 +154,24 @@ class Bridge:
         if config.history.enabled:
             self.history = HistoryStore(config.history_path, config.history.retention_days)
             self.activity.subscribe(self.history.observe)
+        self.status = StatusTracker(sink.name for sink in self.sinks)
+        if config.status.listen:  # no observer, no cost, when the endpoint is off
+            self.activity.subscribe(self.status)
+        sources = StatusSources(
+            config,
+            self.status,
+            self.runner.engine,
+            self.publications,
+            trio.current_time,
+            history_enabled=config.history.enabled,
+            history_writer=self.history,
+        )
+        history = (
+            HistoryAccess(config.history_path, read_history, timeline_svg)
+            if config.history.enabled
+            else None
+        )
+        self.status_endpoint = StatusEndpoint(sources, config.status, history=history)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.activity.record("bridge", event="start")
@@ -173,6 +192,8 @@ class Bridge:
                 nursery.start_soon(
                     self._keep_running, sink.name, functools.partial(sink.run, self.publications)
                 )
+            if self.config.status.listen:
+                nursery.start_soon(self._keep_running, "status", self.status_endpoint.run)
             task_status.started()
             await self._supervise_connection()
 

@@ -51,8 +51,9 @@ def write_config(
     lpc: dict[str, object] | None = None,
     timing: dict[str, object] | None = None,
     sidecar: dict[str, object] | None = None,
+    status: dict[str, object] | None = None,
     history: dict[str, object] | None = None,
-    jsonl: str = "publications.jsonl",
+    jsonl: str | None = "publications.jsonl",  # None: no JSONL output
     extra_outputs: str = "",
 ) -> Path:
     """A complete bridge config in folder/bridge.toml (values merged over test defaults)."""
@@ -79,13 +80,16 @@ def write_config(
         "lpc": {"state_file": "state.json", **(lpc or {})},
         "lpc.timing": {**FAST_TIMING, **(timing or {})},
         "history": history or {},
+        # Off unless a test asks: tests run in parallel and must not fight over port 8780.
+        "status": {"listen": "", **(status or {})},
     }
     lines: list[str] = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         lines.append("")
-    lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
+    if jsonl is not None:
+        lines += ["[[output]]", 'type = "jsonl"', f"path = {_toml_value(jsonl)}", ""]
     lines.append(dedent(extra_outputs))
     path = folder / "bridge.toml"
     path.write_text("\n".join(lines))

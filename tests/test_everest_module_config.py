@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from eebus_bridge.config import ConfigError
+from eebus_bridge.config import ConfigError, StatusConfig
 from eebus_bridge.everest_module import (
     EXTRA_MODULE_KEYS,
     MODULE_KEYS,
@@ -262,6 +262,21 @@ def test_history_keys_map_to_the_history_section(paths: ModulePaths) -> None:
     assert chosen.history_path == paths.etc / "certs" / "logs" / "h.db"
     assert chosen.history.retention_days == 30
     assert problems_of(paths, history_retention_days=0)[0].startswith("history_retention_days:")
+
+
+def test_status_keys_map_to_the_status_section(paths: ModulePaths) -> None:
+    default = translate(paths).config
+    assert default.status == StatusConfig("127.0.0.1:8780", None, False)
+    chosen = translate(
+        paths, status_listen="0.0.0.0:8780", status_token="a-long-status-token-0123456789"
+    ).config
+    assert chosen.status == StatusConfig("0.0.0.0:8780", "a-long-status-token-0123456789", False)
+    anonymous = translate(paths, status_listen="0.0.0.0:8780", status_allow_anonymous=True)
+    assert anonymous.config.status.allow_anonymous is True
+    assert translate(paths, status_listen="").config.status.listen == ""
+    [problem] = problems_of(paths, status_listen="0.0.0.0:8780")
+    assert problem.startswith("status_token: required when status_listen")
+    assert problems_of(paths, status_listen="8780")[0].startswith("status_listen: must be")
 
 
 def test_managed_binary_must_exist_and_be_executable(paths: ModulePaths) -> None:

@@ -92,8 +92,11 @@ async def test_a_failed_call_is_logged_and_retried(caplog: pytest.LogCaptureFixt
     activity.subscribe(seen.append)
     async with trio.open_nursery() as nursery:
         await _run_sink(call, ready, latest, nursery, activity)
-        await wait_until(lambda: len(call.sent) == 1)
+        # The delivery is recorded once the worker thread's call has returned to Trio, which can
+        # be a moment after `call.sent` shows it: wait for the record, not for the call.
+        await wait_until(lambda: any(a.kind == "delivery" and a.fields["ok"] for a in seen))
         nursery.cancel_scope.cancel()
+    assert len(call.sent) == 1
     failures = [r for r in caplog.records if "set_external_limits failed" in r.getMessage()]
     assert len(failures) == 2
     assert all(r.levelno == logging.ERROR for r in failures)

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from eebus_bridge.config import load_config
+from eebus_bridge.config import StatusConfig, load_config
 from eebus_bridge.generated.control_service import ControlServiceStub
 from eebus_bridge.pairing.discovery import EnergyManager, allowlist_lines, describe, status_endpoint
 from tests._bridge_fixtures import SIMULATOR, write_config
@@ -296,6 +296,8 @@ def test_discover_with_a_wrong_token(
 )
 def test_status_endpoint(tmp_path: Path, url: str | None, expected: str | None) -> None:
     config = load_config(write_config(tmp_path, grpc_port=50051)).config
+    # The test configs switch [status] off (parallel tests); here it is the default one.
+    config = attrs.evolve(config, status=StatusConfig())
     endpoint = status_endpoint(config, url, None)
     assert (endpoint.url if endpoint is not None else None) == expected
 

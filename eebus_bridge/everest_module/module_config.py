@@ -23,6 +23,9 @@ Where the spec is silent:
 - A relative `state_file` (ours) resolves like the certificate, under `<prefix>/etc/everest/certs/`,
   so the EEBUS identity and the failsafe values the control box wrote live in one folder; so does
   a relative `history_path`, and an empty one means `history.sqlite3` next to the state file.
+- An empty `status_token` means no token (manifest strings need a default); the status
+  endpoint's rule still holds: a non-loopback `status_listen` needs a token or
+  `status_allow_anonymous`.
 - Every problem and warning names the module's key (`vendor_code: must not be empty`), never
   the TOML key path it maps to, because config.yaml is what the integrator edits.
 - Unknown keys give a warning, like EVerest's manager.
@@ -73,6 +76,9 @@ EXTRA_MODULE_KEYS: dict[str, str | None] = {
     "history_enabled": "history.enabled",
     "history_path": "history.path",
     "history_retention_days": "history.retention_days",
+    "status_listen": "status.listen",
+    "status_token": "status.token",
+    "status_allow_anonymous": "status.allow_anonymous",
     "log_level": None,
 }
 
@@ -147,6 +153,9 @@ def config_from_module_config(module_config: Mapping[str, Any], paths: ModulePat
         del values["history_path"]  # "" = the default: history.sqlite3 next to state_file
     elif "history_path" in values:
         values["history_path"] = _resolved(values["history_path"], paths.etc / "certs")
+
+    if values.get("status_token") == "":
+        del values["status_token"]  # "" = no token (a manifest string key needs a default)
 
     document: dict[str, Any] = {"device": {}}  # [device] is required even when all is missing
     for module_key, value in values.items():
