@@ -1104,3 +1104,23 @@ def test_refuses_data_from_nobody_once_a_transition_that_clears_the_active_eg_is
     assert e.refuses_data_from(EG2, deadline - 1.0)
     # The heartbeat timeout is due but not yet applied: Failsafe may clear the active EG first.
     assert not e.refuses_data_from(EG2, deadline)
+
+
+def test_an_approved_write_not_yet_read_back_is_never_overwritten_by_a_resend() -> None:
+    """The local data re-sent on UseCaseSupportUpdate must not carry a view older than a write
+    the engine approved: the sidecar already holds the EG's value (found by the soak)."""
+    e = in_controlled(at=T0 + 10)
+    assert e.limit_to_resend(T0 + 11) == e.current_sidecar_limit(T0 + 11)
+    [answer] = answers(e.handle(WriteApprovalRequired(EG, ((3, active(2000.0)),)), T0 + 12))
+    assert answer.approve
+    assert e.limit_to_resend(T0 + 12.5) is None  # the sidecar holds the newer value
+    e.handle(LimitUpdated(EG, active(2000.0)), T0 + 13)  # read back: the view has it now
+    assert e.limit_to_resend(T0 + 13) == active(2000.0)
+    # A write approved but never reported (the sidecar rejected it after all) blocks no re-send
+    # for longer than the approval deadline.
+    e.handle(WriteApprovalRequired(EG, ((4, active(1000.0)),)), T0 + 20)
+    assert e.limit_to_resend(T0 + 29.9) is None
+    assert e.limit_to_resend(T0 + 30.0) == active(2000.0)
+    # A denied write changes nothing in the sidecar: the view is re-sent as it is.
+    e.handle(WriteApprovalRequired(EG, ((5, active(-1.0)),)), T0 + 40)
+    assert e.limit_to_resend(T0 + 40) == active(2000.0)

@@ -136,3 +136,33 @@ async def test_data_events_of_another_eg_are_dropped_and_its_writes_denied_at_on
         if OTHER_SKI in r.getMessage() and "dropped" in r.getMessage()
     ]
     assert len(dropped) == 1, dropped  # once per EG per minute
+
+
+async def test_an_eg_write_during_the_local_data_resend_is_not_overwritten(tmp_path: Path) -> None:
+    """Found by the soak: on UseCaseSupportUpdate the bridge re-sends its local data; a write the
+    EG makes meanwhile was approved and applied, then the bridge's SetConsumptionLimit (its view
+    from before the write) overwrote it in the sidecar, and the write was lost. The limit the
+    bridge re-sends must never be older than a write it approved."""
+    async with simulated_bridge(tmp_path) as (sim, bridge, publications):
+        with trio.fail_after(10):
+            await bridge.connected.wait()
+        await sim.wait_eg_connected()
+        await sim.wait_for_event("DataUpdateHeartbeat")
+        # The next re-send of the local data stalls after its first RPC...
+        hold = sim.hold_rpc("cs_lpc.SetConsumptionNominalMax", 0.6)  # < rpc_timeout_s
+        sim.reconnect_eg()  # ...which a UseCaseSupportUpdate starts.
+        with trio.fail_after(10):
+            await hold.started.wait()
+        start = len(sim.approvals)
+        sim.send_limit(2000.0)  # the EG writes while the re-send is stalled
+        answer = await sim.wait_for_approval(start=start, timeout=10)
+        assert answer.approve
+        with trio.fail_after(10):
+            await hold.finished.wait()
+        limited = await publications.wait_for(lambda p: p.limit_W == 2000.0, limit_s=10)
+        assert limited.state == "Limited"
+        await trio.sleep(0.5)  # the rest of the re-send, and any read after it
+        assert sim.limit is not None
+        assert sim.limit.value == 2000.0, "the EG's write was overwritten by an older view"
+        assert sim.limit.is_active
+        assert publications.history[-1].limit_W == 2000.0

@@ -94,6 +94,9 @@ REREAD_END_TOLERANCE_S: Final = 2.0
 rounds the remaining duration to 1 s)."""
 
 LPC_001_REASON: Final = "LPC-001: Active Power Consumption Limit must be >= 0 W"
+# The sidecar applies an approved write at once and reports it with DataUpdateLimit; one that
+# is not read back within the approval deadline is taken as never applied (spec/wire.md).
+APPROVED_WRITE_READ_S: Final = 10.0
 
 # Where a received limit leads: (state, limit is active) -> (next state, rule). spec/lpc.md
 # "States and transitions"; same state = a new limit value, no transition. The spec names the
@@ -200,6 +203,7 @@ class LpcEngine:
         self._failsafe_first_heartbeat_at: float | None = None  # [LPC-921]
         self._support_update_at: dict[str, float] = {}  # SKI -> last UseCaseSupportUpdate
         self._published: Publish | None = None
+        self._approved_unread_at: float | None = None  # an approved write not yet read back
 
     # ----------------------------------------------------------------- public queries
 
@@ -262,6 +266,15 @@ class LpcEngine:
             return SidecarLimit(self._lpc.max_nominal_power_W, False, 0.0, True)
         remaining = 0.0 if limit.end is None else limit.end - now
         return SidecarLimit(limit.value, limit.is_active, remaining, True)
+
+    def limit_to_resend(self, now: float) -> SidecarLimit | None:
+        """The limit to write with SetConsumptionLimit now, or None while a write this engine
+        approved has not been read back (at most APPROVED_WRITE_READ_S): the sidecar then holds
+        the energy guard's newer value, and re-sending the older view would overwrite it."""
+        approved_at = self._approved_unread_at
+        if approved_at is not None and now - approved_at < APPROVED_WRITE_READ_S:
+            return None
+        return self.current_sidecar_limit(now)
 
     def status(self, now: float) -> EngineStatus:
         age = None if self._last_heartbeat_at is None else max(0.0, now - self._last_heartbeat_at)
@@ -488,6 +501,7 @@ class LpcEngine:
         self._record_heartbeat(now, source)
 
     def _on_limit(self, event: LimitUpdated, now: float, out: list[Decision]) -> None:
+        self._approved_unread_at = None  # whatever was approved, this read has it (or lost it)
         source = self._accept_source(event.ski, "limit")
         if isinstance(source, _Refusal):
             out.append(Note("info", f"{source.reason} (ignored)"))
@@ -567,6 +581,7 @@ class LpcEngine:
                 out.append(Answer(counter, False, self._gate_reason()))
             else:
                 out.append(Answer(counter, True, ""))
+                self._approved_unread_at = now
 
     def _gate_reason(self) -> str:
         window = self._timing.write_window_s
