@@ -9,51 +9,18 @@ file that is a symlink to /dev/full, whose writes fail with ENOSPC in the kernel
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests._bridge_fixtures import simulated_bridge
-from tests._util import wait_until
+from tests._util import read_only_folder, wait_until
 from tools.hems_simulator import HemsSimulator
 
 STATE = {"lpc": {"state_file": "state/state.json"}}
-
-
-def _writable(folder: Path) -> bool:
-    probe = folder / ".probe"
-    try:
-        probe.write_text("x")
-    except OSError:
-        return False
-    probe.unlink()
-    return True
-
-
-@contextlib.contextmanager
-def read_only_folder(folder: Path) -> Iterator[None]:
-    """Make `folder` refuse new files for as long as the block runs (also for root)."""
-    folder.chmod(0o555)
-    immutable = False
-    if _writable(folder):  # root ignores modes
-        folder.chmod(0o755)
-        result = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
-        immutable = result.returncode == 0
-    if _writable(folder):
-        folder.chmod(0o755)
-        pytest.fail("cannot make a folder read-only here (neither chmod nor chattr +i works)")
-    try:
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
 
 
 async def _settled(sim: HemsSimulator) -> None:
