@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -53,19 +53,7 @@ ActivityKind = Literal[
     "delivery",
     "sink",
 ]
-ACTIVITY_KINDS: tuple[ActivityKind, ...] = (
-    "bridge",
-    "sidecar",
-    "connection",
-    "eg",
-    "discovery",
-    "write",
-    "failsafe_write",
-    "state",
-    "publication",
-    "delivery",
-    "sink",
-)
+ACTIVITY_KINDS: tuple[ActivityKind, ...] = get_args(ActivityKind)
 
 Observer = Callable[["Activity"], None]
 
