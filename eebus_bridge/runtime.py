@@ -234,6 +234,17 @@ class Bridge:
                     log.warning("sidecar connection lost: %s", reason)
                 else:
                     log.exception("sidecar connection failed unexpectedly")
+            except BaseExceptionGroup as group:
+                # Cancelled (shutting down) while the connection also failed: stopping the
+                # sidecar breaks the streams and calls still in flight. Those failures are the
+                # shutdown's own doing; only the cancellation may leave, or the bridge would
+                # exit with an error after a clean SIGTERM.
+                cancelled, failures = group.split(trio.Cancelled)
+                if cancelled is None:
+                    raise
+                if failures is not None:
+                    log.debug("while shutting down: %s", describe_failure(failures))
+                raise cancelled from None
             else:  # pragma: no cover - the group's tasks only end by raising
                 log.error("sidecar connection ended without an error")
             self.connected = trio.Event()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from eebus_bridge.runtime import BACKOFF_CAP_S, describe_failure, restart_backoff
+from eebus_bridge.runtime import BACKOFF_CAP_S, Bridge, describe_failure, restart_backoff
 from eebus_bridge.sidecar_client import SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited
+from tests._bridge_fixtures import make_config
+from tools.hems_simulator import free_tcp_port
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -70,3 +73,37 @@ def test_expected_failures_are_told_apart_from_bugs() -> None:
 
     assert _is_expected(ExceptionGroup("g", [SidecarExited("x"), SidecarUnreachable("y")]))
     assert not _is_expected(ExceptionGroup("g", [SidecarExited("x"), KeyError("bug")]))
+
+
+async def test_a_connection_failing_while_the_bridge_is_cancelled_does_not_escape(
+    tmp_path: Path,
+) -> None:
+    """Seen in CI: at shutdown the sidecar is stopped while a read is in flight, so the link
+    fails with SidecarUnreachable beside the Cancelled of its other tasks. That mixed group
+    escaped the supervisor, and a clean SIGTERM ended with an error."""
+    config = make_config(tmp_path, grpc_port=free_tcp_port())
+    bridge = Bridge(config)
+    link_started = trio.Event()
+
+    async def link_that_breaks_when_stopped(
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async def read_in_flight() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise SidecarUnreachable("ConsumptionLimit: StreamTerminatedError Connection lost")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_in_flight)
+            nursery.start_soon(trio.sleep_forever)
+            task_status.started()
+            link_started.set()
+
+    bridge.link.run = link_that_breaks_when_stopped  # type: ignore[method-assign]
+    with trio.move_on_after(10) as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await link_started.wait()
+            nursery.cancel_scope.cancel()
+    assert not scope.cancelled_caught  # ended by the cancel, not by the time-out
