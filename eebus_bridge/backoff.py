@@ -58,4 +58,6 @@ class Backoff:
         else:
             self._delay_s = min(self._delay_s * 2.0, policy.maximum_s)
         spread = self._delay_s * policy.jitter
-        return max(0.0, self._delay_s + self._random.uniform(-spread, spread))
+        # Jitter never takes a delay past the maximum (at the cap it only shortens it).
+        jittered = self._delay_s + self._random.uniform(-spread, spread)
+        return max(0.0, min(jittered, policy.maximum_s))

@@ -91,7 +91,7 @@ def restart_backoff(
     initial_s: float, maximum_s: float = BACKOFF_CAP_S, *, rng: random.Random | None = None
 ) -> Backoff:
     """Start at `initial_s`, double up to `maximum_s` (60 s unless configured), +-20 % jitter
-    (never above the cap: the caller caps it); reset after 60 s of healthy running."""
+    (jitter never goes above the cap); reset after 60 s of healthy running."""
     return Backoff(
         BackoffPolicy(
             initial_s=initial_s,
@@ -251,7 +251,7 @@ class Bridge:
             self.activity.record("connection", event="lost", reason=reason)
             if pid is not None:  # the group's exit stopped the sidecar (or it exited first)
                 self.activity.record("sidecar", event="exit", pid=pid, reason=reason)
-            delay = min(backoff.next_delay(), cap)
+            delay = backoff.next_delay()
             what = "restarting the sidecar" if managed else "reconnecting to the sidecar"
             log.warning("%s in %.1f s", what, delay)
             if managed:

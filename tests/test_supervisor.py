@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from eebus_bridge.runtime import BACKOFF_CAP_S, Bridge, describe_failure, restart_backoff
+from eebus_bridge.runtime import Bridge, describe_failure, restart_backoff
 from eebus_bridge.sidecar_client import SidecarUnreachable
 from eebus_bridge.sidecar_process import SidecarExited
 from tests._bridge_fixtures import make_config
@@ -27,7 +27,7 @@ async def test_backoff_doubles_to_a_cap_with_jitter_and_resets_after_healthy_run
         # As the supervisor does: the group starts, runs for a while, fails.
         backoff.connected()
         await trio.sleep(healthy_for)
-        return min(backoff.next_delay(), BACKOFF_CAP_S)
+        return backoff.next_delay()
 
     delays = [await delay(healthy_for=1.0) for _ in range(6)]
     bases = [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
@@ -51,6 +51,15 @@ def test_configured_cap_bounds_every_delay(seed: int) -> None:
     assert all(d >= 0.4 for d in delays[2:])
     lifted = restart_backoff(5.0, 1.0, rng=random.Random(seed))
     assert 4.0 <= lifted.next_delay() <= 6.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_jitter_never_takes_a_delay_past_the_cap(seed: int) -> None:
+    # Seen in the soak: the sinks' 30 s cap plus jitter gave delays of up to 36 s.
+    backoff = restart_backoff(5.0, 30.0, rng=random.Random(seed))
+    delays = [backoff.next_delay() for _ in range(200)]
+    assert max(delays) <= 30.0
+    assert min(delays[10:]) >= 0.8 * 30.0  # at the cap, jitter only shortens
 
 
 def test_two_backoffs_do_not_reconnect_in_lockstep() -> None:
