@@ -51,8 +51,19 @@ async def in_thread(function: Callable[[], T]) -> T:
 
 
 async def wait_in_browser(condition: Callable[[], bool], within_s: float = 30.0) -> None:
+    """Poll `condition` in the browser. The page redraws its parts while it refreshes itself,
+    so an element found a moment ago may be gone: that counts as "not yet" (this failed once
+    in a CI run, StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def holds() -> bool:
+        try:
+            return condition()
+        except StaleElementReferenceException:
+            return False
+
     with trio.fail_after(within_s):
-        while not await in_thread(condition):  # noqa: ASYNC110 - the browser's DOM has no event here
+        while not await in_thread(holds):  # noqa: ASYNC110 - the browser's DOM has no event here
             await trio.sleep(0.2)
 
 
@@ -85,12 +96,27 @@ async def test_live_page_shows_the_controlbox_limit_and_its_chart(
             )
 
         await wait_in_browser(chart_has_the_step)
+        # One script reads the whole chart at once: the page may replace the SVG between two
+        # separate element look-ups.
         step = await in_thread(
-            lambda: driver.find_element(By.CSS_SELECTOR, "#chart svg path.limit").get_attribute("d")
+            lambda: driver.execute_script(
+                "const path = document.querySelector('#chart svg path.limit');"
+                "return path ? path.getAttribute('d') : null;"
+            )
         )
-        ems = await in_thread(lambda: driver.find_element(By.ID, "ems").text)
-        health = await in_thread(lambda: driver.find_element(By.ID, "health").text)
-        until = await in_thread(lambda: driver.find_element(By.ID, "limit-end").text)
+
+        def text_of(element_id: str) -> str:
+            # Looked up and read in one script: the element may be redrawn in between otherwise.
+            text = driver.execute_script(
+                "const element = document.getElementById(arguments[0]);"
+                "return element ? element.innerText : '';",
+                element_id,
+            )
+            return str(text)
+
+        ems = await in_thread(lambda: text_of("ems"))
+        health = await in_thread(lambda: text_of("health"))
+        until = await in_thread(lambda: text_of("limit-end"))
         screenshot = tmp_path / "status-page.png"
         await in_thread(lambda: driver.save_screenshot(str(screenshot)))
 
