@@ -259,20 +259,15 @@ class EebusLink:
             ),
         )
 
-    @staticmethod
-    async def _write_local_data(client: SidecarClient, data: SendLocalData) -> None:
+    async def _write_local_data(
+        self, client: SidecarClient, data: SendLocalData, *, resend: bool = False
+    ) -> None:
+        """Step 6. A re-send on the same connection (UseCaseSupportUpdate) writes the limit as
+        the engine sees it when it is written, not when the re-send was decided, and none while
+        a write the engine approved is not read back yet: the sidecar then holds the energy
+        guard's newer value, which the older view would overwrite (found by the soak)."""
         await client.set_consumption_nominal_max(data.nominal_max_W)
-        await client.set_consumption_limit(data.limit)
-        await client.set_failsafe_limit(data.failsafe.limit_W)
-        await client.set_failsafe_duration(data.failsafe.duration_s)
-
-    async def _resend_local_data(self, client: SidecarClient, data: SendLocalData) -> None:
-        """Step 6 again on the same connection (UseCaseSupportUpdate). The limit is the engine's
-        view when it is written, not when the re-send was decided, and none while a write the
-        engine approved is not read back yet: the sidecar then holds the energy guard's newer
-        value, which the older view would overwrite (found by the soak)."""
-        await client.set_consumption_nominal_max(data.nominal_max_W)
-        limit = self._runner.engine.limit_to_resend(trio.current_time())
+        limit = self._runner.engine.limit_to_resend(trio.current_time()) if resend else data.limit
         if limit is None:
             log.info("limit not re-sent: the energy guard's approved write is newer")
         else:
@@ -374,7 +369,7 @@ class EebusLink:
                 log.info("registering EG SKI %s", action.ski)
                 await client.register_remote_ski(action.ski)
             else:
-                await self._resend_local_data(client, action)
+                await self._write_local_data(client, action, resend=True)
                 await client.start_heartbeat()
         except SidecarRpcError as exc:
             log.warning("%s was refused by the sidecar: %s", type(action).__name__, exc)

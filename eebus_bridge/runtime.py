@@ -211,8 +211,7 @@ class Bridge:
         sidecar_config, eebus = self.config.sidecar, self.config.eebus
         initial = sidecar_config.restart_delay_s if managed else eebus.reconnect_delay_s
         cap = sidecar_config.restart_delay_max_s if managed else eebus.reconnect_delay_max_s
-        cap = max(cap, initial)
-        backoff = restart_backoff(initial, cap)
+        backoff = restart_backoff(initial, cap)  # a cap below `initial` counts as `initial`
         while True:
             backoff.connected()  # a group that runs for HEALTHY_AFTER_S resets the delay
             pid: int | None = None
