@@ -172,10 +172,11 @@ async def test_sidecar_sigkill_restarts_it_and_keeps_the_lpc_state(tmp_path: Pat
         await wait_until(lambda: "Limited" in bridge.states(), limit_s=20)
         (first,) = bridge.sidecar_pids
         os.kill(first, signal.SIGKILL)
-        await wait_until(lambda: len(bridge.sidecar_pids) == 2, limit_s=10)
+        # Generous limits: a loaded machine may take seconds to start the (Python) simulator.
+        await wait_until(lambda: len(bridge.sidecar_pids) == 2, limit_s=30)
         # The handshake is redone with the new sidecar (its records append to the same file).
-        await wait_until(lambda: len(bridge.records("SetConfig")) == 2, limit_s=10)
-        await wait_until(lambda: len(bridge.records("StartService")) == 2, limit_s=10)
+        await wait_until(lambda: len(bridge.records("SetConfig")) == 2, limit_s=30)
+        await wait_until(lambda: len(bridge.records("StartService")) == 2, limit_s=30)
         # The second handshake writes the CS's view: the limit the EG had set before.
         limit = bridge.records("cs_lpc.SetConsumptionLimit")[-1]["request"]["load_limit"]
         assert limit["value"] == 2000.0
