@@ -54,7 +54,6 @@ from types import FrameType
 from typing import NoReturn
 
 import trio
-import trio_asyncio
 
 from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.backoff import Backoff, BackoffPolicy
@@ -62,6 +61,7 @@ from eebus_bridge.config import Config
 from eebus_bridge.eebus_link import EebusLink, HandshakeFailed
 from eebus_bridge.failsafe_store import load_failsafe_values
 from eebus_bridge.history import HistoryStore, read_history, timeline_svg
+from eebus_bridge.island import open_island
 from eebus_bridge.logs import emergency_line
 from eebus_bridge.lpc_runner import LpcRunner
 from eebus_bridge.publication import LatestValue, Publication
@@ -342,7 +342,7 @@ async def _main(config: Config, shutdown: _SignalShutdown) -> None:
     gc.freeze()
     with trio.CancelScope() as scope:
         shutdown.attach(scope)
-        async with trio_asyncio.open_loop():
+        async with open_island():
             await Bridge(config).run()
 
 

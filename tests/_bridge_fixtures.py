@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from eebus_bridge.activity import ActivityFeed
 from eebus_bridge.config import Config, load_config
+from eebus_bridge.island import open_island
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
 from tools.hems_simulator import ActionSpec, HemsSimulator, open_hems_simulator
@@ -183,7 +183,7 @@ async def simulated_bridge(
     options.update(simulator)  # actions=None keeps the scenario's own actions
     settings = dict(config or {})
     settings["timing"] = {"init_timeout_s": 30.0, **settings.get("timing", {})}
-    async with trio_asyncio.open_loop(), open_hems_simulator(scenario, **options) as sim:
+    async with open_island(), open_hems_simulator(scenario, **options) as sim:
         bridge_config = make_config(folder, grpc_port=sim.port, **settings)
         async with running_bridge(bridge_config, activity=activity) as (bridge, publications):
             yield sim, bridge, publications

@@ -10,8 +10,8 @@ from typing import Any
 import attrs
 import httpx
 import trio
-import trio_asyncio
 
+from eebus_bridge.island import open_island
 from eebus_bridge.runtime import Bridge
 from tests._bridge_fixtures import RecordingPublications, make_config, valid_limit
 from tools.hems_simulator import HemsSimulator, open_hems_simulator
@@ -50,7 +50,7 @@ async def status_bridge(
     settings = dict(config or {})
     settings["timing"] = {"init_timeout_s": 30.0, **settings.get("timing", {})}
     settings["status"] = {"listen": "127.0.0.1:0", **(status or {})}
-    async with trio_asyncio.open_loop(), open_hems_simulator(scenario, **options) as sim:
+    async with open_island(), open_hems_simulator(scenario, **options) as sim:
         publications = RecordingPublications()
         bridge = Bridge(
             make_config(folder, grpc_port=sim.port, **settings), publications=publications

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import trio_asyncio
 
 from eebus_bridge.activity import Activity, ActivityFeed
+from eebus_bridge.island import open_island
 from tests._bridge_fixtures import (
     EG_SKI,
     limit_write,
@@ -151,7 +151,7 @@ async def test_a_managed_sidecar_records_its_start_exit_and_restart(tmp_path: Pa
     config = make_config(
         tmp_path, grpc_port=free_tcp_port(), manage=True, timing={"init_timeout_s": 30.0}
     )
-    async with trio_asyncio.open_loop(), running_bridge(config, activity=feed) as (bridge, _):
+    async with open_island(), running_bridge(config, activity=feed) as (bridge, _):
         await wait_until(lambda: bridge.connections >= 1, limit_s=20)
         [started] = recorder.of("sidecar", event="start")
         os.kill(int(str(started["pid"])), signal.SIGKILL)

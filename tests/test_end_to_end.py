@@ -11,8 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import trio
-import trio_asyncio
 
+from eebus_bridge.island import open_island
 from tests._bridge_fixtures import make_config, running_bridge
 from tests._broker import Recorder, requires_mosquitto, running_mosquitto
 from tools.hems_simulator import open_hems_simulator
@@ -33,7 +33,7 @@ async def test_controlbox_limit_reaches_everest_over_mqtt(tmp_path: Path) -> Non
     broker_dir.mkdir()
     async with (
         running_mosquitto(broker_dir) as broker,
-        trio_asyncio.open_loop(),
+        open_island(),
         open_hems_simulator("controlbox", connect_delay_s=0.1, time_scale=0.05) as sim,
         trio.open_nursery() as nursery,
     ):

@@ -19,10 +19,10 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-import trio_asyncio
 
 from eebus_bridge.config import StatusConfig, load_config
 from eebus_bridge.generated.control_service import ControlServiceStub
+from eebus_bridge.island import open_island
 from eebus_bridge.pairing.discovery import EnergyManager, allowlist_lines, describe, status_endpoint
 from tests._bridge_fixtures import SIMULATOR, write_config
 from tests._sim_fixtures import aio, open_grpc_channel, valid_config
@@ -338,7 +338,7 @@ async def test_discover_at_an_external_sidecar_only_subscribes(tmp_path: Path) -
     configure it again (that would leave it unusable for the bridge), only watch."""
     (tmp_path / "scenario.toml").write_text(SCENARIO)
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_simulator_process(
             tmp_path, scenario=tmp_path / "scenario.toml", control=False
         ) as sidecar,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 import trio.lowlevel
-import trio_asyncio
 
 from eebus_bridge.generated import common_types, cs_lpc
 from eebus_bridge.generated import control_service as cs
+from eebus_bridge.island import open_island
 from tests._bridge_fixtures import EG_SKI, make_config, running_bridge, valid_limit
 from tests._raw_sidecar import CUT_MID_MESSAGE, RawSidecar, open_raw_sidecar
 from tests._util import wait_until
@@ -69,7 +69,7 @@ async def test_garbage_from_the_sidecar_is_logged_and_survived(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with trio_asyncio.open_loop(), open_raw_sidecar() as sidecar:
+    async with open_island(), open_raw_sidecar() as sidecar:
         config = make_config(tmp_path, grpc_port=sidecar.port)
         async with running_bridge(config) as (bridge, publications):
             with trio.fail_after(15):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio_asyncio
 
 from eebus_bridge.generated.common_types import EntityAddress, LoadLimit
 from eebus_bridge.generated.control_service import AddUseCaseRequest, ControlServiceStub
 from eebus_bridge.generated.cs_lpc import ApproveOrDenyConsumptionLimitRequest
+from eebus_bridge.island import open_island
 from tests._sim_fixtures import (
     LPC_USE_CASE,
     aio,
@@ -40,7 +40,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (TRACE|DEBUG|INFO|WARN|E
 
 @pytest.fixture
 async def aio_loop() -> AsyncIterator[None]:
-    async with trio_asyncio.open_loop():
+    async with open_island():
         yield
 
 

@@ -12,6 +12,7 @@ import trio_asyncio
 
 from eebus_bridge.generated.control_service import ControlServiceStub
 from eebus_bridge.generated.cs_lpc import ApproveOrDenyConsumptionLimitRequest
+from eebus_bridge.island import open_island
 from tests._sim_fixtures import aio, hems_sim, lpc_handshake, open_grpc_channel, valid_config
 from tools.hems_simulator import (
     ActionSpec,
@@ -204,7 +205,7 @@ async def test_repeated_actions_with_count_and_time_scale(autojump_clock: object
 
 
 async def test_runs_on_the_callers_trio_asyncio_loop() -> None:
-    async with trio_asyncio.open_loop() as loop, open_hems_simulator() as sim:
+    async with open_island() as loop, open_hems_simulator() as sim:
         assert trio_asyncio.current_loop.get() is loop
         async with open_grpc_channel(sim.port) as channel:
             await aio(ControlServiceStub(channel).set_config)(valid_config())

@@ -10,11 +10,11 @@ import stat
 from pathlib import Path
 
 import pytest
-import trio_asyncio
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from eebus_bridge.generated.control_service import ControlServiceStub
+from eebus_bridge.island import open_island
 from eebus_bridge.pairing import ShipSubject, create_ship_credentials, load_certificate_pair
 from tests._sim_fixtures import aio, open_grpc_channel, valid_config
 from tools.hems_simulator.cli import main
@@ -50,7 +50,7 @@ async def test_missing_pair_becomes_a_ship_certificate_and_its_ski_is_logged(
     tmp_path: Path,
 ) -> None:
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_simulator_process(tmp_path, control=False, record=False) as process,
     ):
         pair = load_certificate_pair(process.cert_path, process.key_path)  # usable, matching

@@ -9,6 +9,8 @@ taking turns round by round so that the machine's other load hits them alike:
 - island/trio:   from Trio through `aio_as_trio` per call (how the bridge called every RPC
                  before its event lanes);
 - island/aio:    on the asyncio side of the island, awaited there (how the event lanes call);
+                 both island variants with the island's batched stepping (eebus_bridge/island.py,
+                 "batched") and with trio-asyncio's own, one callback per Trio step ("single");
 - thread/trio:   grpclib on its own asyncio loop in a second thread; Trio hands each call over
                  with run_coroutine_threadsafe and is woken through its TrioToken;
 - thread/aio:    awaited on that thread's loop itself (plain asyncio, the floor for grpclib);
@@ -40,6 +42,7 @@ import trio
 from eebus_bridge.config import load_config
 from eebus_bridge.eebus_link import set_config_request
 from eebus_bridge.generated import cs_lpc
+from eebus_bridge.island import batch_ready_callbacks, open_island
 from eebus_bridge.sidecar_client import SidecarClient, coalescing_protocol
 from tools.bench_runtime import percentile, write_bridge_config, write_scenario
 from tools.hems_simulator import open_simulator_process
@@ -125,7 +128,7 @@ async def run(calls: int, rounds: int, gap_s: float) -> Measured:
     scenario = write_scenario(workdir, heartbeat_period_s=3600.0)
     results = Measured()
     async with (
-        trio_asyncio.open_loop(),
+        open_island() as loop,
         open_simulator_process(
             workdir, scenario=scenario, control=True, extra_args=("-log-level", "INFO")
         ) as sim,
@@ -164,13 +167,20 @@ async def run(calls: int, rounds: int, gap_s: float) -> Measured:
                         return await stub.consumption_limit(request)
 
                     await trio_asyncio.aio_as_trio(one)()  # connect
-                    await results.add(
-                        f"island/trio {tag}",
-                        _timed_trio(trio_asyncio.aio_as_trio(one), calls, gap_s),
-                    )
-                    await results.add(
-                        f"island/aio {tag}", trio_asyncio.aio_as_trio(_timed_aio)(one, calls, gap_s)
-                    )
+                    for stepping in ("batched", "single"):
+                        if stepping == "batched":
+                            batch_ready_callbacks(loop)
+                        else:  # trio-asyncio as it comes: one asyncio callback per Trio step
+                            vars(loop).pop("_main_loop_one", None)
+                        await results.add(
+                            f"island/trio {tag} {stepping}",
+                            _timed_trio(trio_asyncio.aio_as_trio(one), calls, gap_s),
+                        )
+                        await results.add(
+                            f"island/aio {tag} {stepping}",
+                            trio_asyncio.aio_as_trio(_timed_aio)(one, calls, gap_s),
+                        )
+                    batch_ready_callbacks(loop)
                     await trio_asyncio.aio_as_trio(lambda c=channel: asyncio.sleep(0, c.close()))()
 
                     async def thread_channel(

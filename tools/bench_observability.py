@@ -42,9 +42,9 @@ from typing import Any
 
 import attrs
 import trio
-import trio_asyncio
 
 from eebus_bridge.config import load_config
+from eebus_bridge.island import open_island
 from eebus_bridge.runtime import Bridge
 from tools.bench_runtime import (
     DUMMY_CEM_SKI,
@@ -136,7 +136,7 @@ async def _latency_run(
     writes = SinkWrites()
     publications = RecordedPublications()
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_simulator_process(
             workdir,
             scenario=scenario,

@@ -126,9 +126,9 @@ from typing import Any, TextIO
 
 import attrs
 import trio
-import trio_asyncio
 
 from eebus_bridge.config import load_config
+from eebus_bridge.island import open_island
 from eebus_bridge.lpc import Decision, Heartbeat, Input
 from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
@@ -373,7 +373,7 @@ async def in_process_session(
     writes = SinkWrites()
     publications = RecordedPublications()
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_simulator_process(
             workdir,
             scenario=scenario,
@@ -752,7 +752,7 @@ async def bench_limit_writes(
     scenario = write_scenario(workdir, heartbeat_period_s=1.0)
     phases: list[Phase] = []
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_simulator_process(
             workdir, scenario=scenario, control=True, record=True, extra_args=SIM_ARGS
         ) as sim,

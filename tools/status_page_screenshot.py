@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from eebus_bridge.activity import Activity, ActivityKind
 from eebus_bridge.config import load_config
 from eebus_bridge.history import HistoryStore
+from eebus_bridge.island import open_island
 from eebus_bridge.runtime import Bridge
 from tests._bridge_fixtures import EG_SKI, write_config
 from tools.hems_simulator import open_hems_simulator
@@ -122,7 +122,7 @@ async def main_async(out: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="eebus-screenshot-"))
     await fill_history(folder / "history.sqlite3", made_up_day(datetime.now(UTC)))
     async with (
-        trio_asyncio.open_loop(),
+        open_island(),
         open_hems_simulator(
             "controlbox", time_scale=0.2, connect_delay_s=0.1, heartbeat_period_s=20.0
         ) as sim,

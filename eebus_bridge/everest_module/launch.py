@@ -129,8 +129,7 @@ async def _run_bridge_until_signal(
 ) -> None:
     # Imported here: the runtime pulls in grpclib and trio-asyncio, which an idle module with
     # an invalid config never needs.
-    import trio_asyncio
-
+    from eebus_bridge.island import open_island
     from eebus_bridge.runtime import Bridge
 
     gc.collect()  # as in `eebus-bridge run`: keep start-up objects out of full GC passes
@@ -151,7 +150,7 @@ async def _run_bridge_until_signal(
         while True:
             backoff.connected()
             try:
-                async with trio_asyncio.open_loop():
+                async with open_island():
                     await Bridge(config, activity=activity, extra_sinks=sinks).run()
             except Exception:
                 delay = backoff.next_delay()

@@ -356,11 +356,11 @@ def run_discover(
         for manager in managers:
             print_line(describe(manager))
     else:
-        import trio_asyncio
+        from eebus_bridge.island import open_island
 
         async def watch() -> list[EnergyManager]:
             try:
-                async with trio_asyncio.open_loop():
+                async with open_island():
                     return await discover_with_sidecar(config, seconds, print_line)
             except BaseExceptionGroup as group:  # the loop's nursery wraps what escapes it
                 raise _explain(group, config) from None

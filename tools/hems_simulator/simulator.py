@@ -17,6 +17,7 @@ import trio
 import trio_asyncio
 
 from eebus_bridge.generated.common_types import LoadLimit
+from eebus_bridge.island import open_island
 
 from .channels import FreezeGate
 from .eg import SimulatedEnergyGuard
@@ -551,7 +552,7 @@ async def _asyncio_loop() -> AsyncIterator[None]:
     if loop is not None and loop.is_running():
         yield
         return
-    async with trio_asyncio.open_loop():
+    async with open_island():
         yield
 
 

@@ -1,0 +1,87 @@
+"""The asyncio island: trio-asyncio's event loop, stepping its ready callbacks in batches.
+
+grpclib is asyncio-only, so the bridge runs one asyncio event loop inside Trio (trio-asyncio;
+sidecar_client.py is the only module that uses it). Every process of ours that talks gRPC opens
+that loop with `open_island()`: the bridge, `discover`, the EVerest module and the HEMS
+simulator.
+
+Why not `trio_asyncio.open_loop()` as it comes: its loop task runs *one* asyncio callback per
+Trio step. Each step is a receive from a Trio memory channel and, whenever an asyncio timer is
+pending (every grpclib call has a deadline timer), a fresh cancel scope with that deadline; a
+single unary call needs a dozen callbacks. Measured with tools/bench_runtime.py (limit writes,
+2 vCPUs): that stepping was the largest single cost of the bridge's event path.
+
+`open_island()` keeps trio-asyncio's loop and its stepping function, and after each step runs
+the callbacks that are already queued at that moment (at most that many, the way asyncio's
+own loop runs in one iteration the callbacks that were ready when it began) before yielding
+to Trio again. So asyncio's ordering is kept (same queue, same order, timers checked before
+each callback as before), other Trio tasks still run between batches, and a callback that keeps
+scheduling more cannot starve them: what it schedules waits for the next batch.
+
+This relies on one private method of trio-asyncio (`_main_loop_one(no_wait)`, the same in
+0.15 and 0.16, the tested range in pyproject.toml). If a trio-asyncio release changes it, the
+island logs that at DEBUG and runs unbatched (slower, still correct); tests/test_island.py
+fails on that release, so nobody upgrades past it unnoticed.
+"""
+
+from __future__ import annotations
+
+# trio_asyncio before grpclib anywhere (see sidecar_client.py).
+import trio_asyncio  # isort: skip
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+_STEP = "_main_loop_one"
+
+
+@asynccontextmanager
+async def open_island() -> AsyncIterator[Any]:
+    """`trio_asyncio.open_loop()` with batched stepping (module docstring); yields the loop."""
+    async with trio_asyncio.open_loop() as loop:
+        batch_ready_callbacks(loop)
+        yield loop
+
+
+def batch_ready_callbacks(loop: Any) -> bool:
+    """Make a running trio-asyncio loop run its queued callbacks in batches; False (and the
+    loop left as it was) when this trio-asyncio does not have the expected stepping method."""
+    step_one: Callable[..., Awaitable[None]] | None = getattr(loop, _STEP, None)
+    queue = getattr(loop, "_q_recv", None)
+    if getattr(step_one, "_batched", False):
+        return True
+    if (
+        step_one is None
+        or not inspect.iscoroutinefunction(step_one)
+        or "no_wait" not in inspect.signature(step_one).parameters
+        or not isinstance(queue, trio.MemoryReceiveChannel)
+    ):
+        log.debug("trio-asyncio %s: asyncio callbacks run one per Trio step", _version())
+        return False
+
+    async def step(no_wait: bool = False) -> None:
+        # One callback the way trio-asyncio does it (waiting for it unless no_wait) ...
+        await step_one(no_wait)
+        # ... then those queued by now, without a Trio checkpoint in between. An empty queue
+        # raises WouldBlock (trio-asyncio's no_wait contract): the batch is done. A stop()
+        # raises TrioAsyncioExit out of here exactly as it does out of the single step.
+        for _ in range(queue.statistics().current_buffer_used):
+            try:
+                await step_one(True)
+            except trio.WouldBlock:
+                return
+
+    step._batched = True  # type: ignore[attr-defined]
+    setattr(loop, _STEP, step)
+    return True
+
+
+def _version() -> str:
+    return str(getattr(trio_asyncio, "__version__", "?"))
