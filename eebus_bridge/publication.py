@@ -6,6 +6,8 @@ publication when it gets going again (design.md, "latest-value semantics").
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -44,12 +46,18 @@ class LatestValue(Generic[T]):
 
     Writers never block. Each reader remembers the version it last handled and asks for anything
     newer; values set in between are skipped, which is exactly what a limit sink wants.
+
+    A reader that hands values to a thread of its own (the jsonl sink) can instead `watch` the
+    cell: its callback is called inside `set`, so the hand-over does not wait until the setter's
+    work is done and the reader's task is scheduled. A watcher must only hand over (no I/O, no
+    raising): it runs on the setter's stack, in the middle of the engine's decisions.
     """
 
     def __init__(self) -> None:
         self._value: T | None = None
         self._version = 0
         self._changed = trio.Event()
+        self._watchers: list[Callable[[int, T], None]] = []
 
     @property
     def version(self) -> int:
@@ -63,6 +71,20 @@ class LatestValue(Generic[T]):
         self._version += 1
         self._changed.set()
         self._changed = trio.Event()
+        for watcher in self._watchers:
+            watcher(self._version, value)
+
+    @contextmanager
+    def watching(self, watcher: Callable[[int, T], None]) -> Iterator[None]:
+        """Call watcher(version, value) for the current value (if any) now and for every later
+        `set` while the block runs (see the class docstring)."""
+        if self._value is not None:
+            watcher(self._version, self._value)
+        self._watchers = [*self._watchers, watcher]
+        try:
+            yield
+        finally:
+            self._watchers = [w for w in self._watchers if w is not watcher]
 
     async def wait_newer(self, seen_version: int) -> tuple[int, T]:
         """Return (version, value) of the first value newer than seen_version.

@@ -133,3 +133,19 @@ def test_a_trio_asyncio_without_the_stepping_method_runs_unbatched(
         assert batch_ready_callbacks(object()) is False
     assert "one per Trio step" in caplog.text
     assert not getattr(loop._main_loop_one, "_batched", False)
+
+
+async def test_cancelled_timers_do_not_stay_to_wake_the_loop() -> None:
+    async with open_island() as loop:
+        fired: list[int] = []
+        handles = [loop.call_later(30 + n, fired.append, n) for n in range(50)]
+        kept = loop.call_later(0.05, fired.append, -1)
+        for handle in handles:
+            handle.cancel()  # as grpclib does with a call's deadline timer once it is answered
+        with trio.fail_after(5):
+            while not fired:  # noqa: ASYNC110 - the loop steps meanwhile
+                await trio.sleep(0.01)
+        assert fired == [-1]
+        assert not kept.cancelled()
+        # The cancelled ones were dropped when they reached the head of the heap, not 30 s on.
+        assert loop._timers == []

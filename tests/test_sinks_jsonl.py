@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,81 @@ async def test_an_unwritable_path_is_logged_and_retried(tmp_path: Path) -> None:
             lines = await _lines_when(path, 1)
             nursery.cancel_scope.cancel()
     assert lines == [jsonl_line(limited(4200.0))]
+
+
+def _limit_of(line: str) -> float:
+    entry = json.loads(line)["external_limits"]["schedule_import"][0]
+    return float(entry["limits_to_root"]["total_power_W"]["value"])
+
+
+async def test_a_publication_reaches_the_file_without_waiting_for_the_trio_loop(
+    tmp_path: Path,
+) -> None:
+    """The sink watches the cell: the line is handed to its thread inside set(), so it is
+    written while the Trio thread is still busy with the rest of the input's work."""
+    path = tmp_path / "limits.jsonl"
+    latest: LatestValue[Publication] = LatestValue()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(JsonlSink(JsonlOutput(path=path)).run, latest)
+        latest.set(limited(1000.0))
+        await _lines_when(path, 1)
+        latest.set(limited(2000.0))
+        # No checkpoint from here on: the sink's task cannot run, only its thread.
+        deadline = time.monotonic() + 5
+        while len(_read_lines(path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # noqa: ASYNC251 - on purpose: blocks Trio, releases the GIL
+        lines = _read_lines(path)
+        nursery.cancel_scope.cancel()
+    assert [_limit_of(line) for line in lines] == [1000.0, 2000.0]
+
+
+async def test_a_stuck_write_stalls_neither_trio_nor_the_newest_limit(tmp_path: Path) -> None:
+    """A FIFO nobody reads: the writer thread blocks in write(); the Trio loop runs on, later
+    publications are not queued behind it, and once the reader drains the pipe the newest
+    publication is written (the ones in between are skipped)."""
+    path = tmp_path / "limits.fifo"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        filler = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        filled = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filled += os.write(filler, b"x" * 4095 + b"\n")
+        os.close(filler)
+        latest: LatestValue[Publication] = LatestValue()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(JsonlSink(JsonlOutput(path=path)).run, latest)
+            for value in range(1, 201):
+                latest.set(limited(float(value)))
+                start = trio.current_time()
+                await trio.sleep(0.001)
+                assert trio.current_time() - start < 1.0, "the Trio loop stalled"
+            received = b""
+            with trio.fail_after(10):
+                while b'"value": 200.0' not in received:
+                    await trio.sleep(0.01)
+                    with contextlib.suppress(BlockingIOError):
+                        received += os.read(reader, 1 << 20)
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(reader)
+    lines = [line for line in received.decode().splitlines() if line.startswith("{")]
+    limits = [_limit_of(line) for line in lines]
+    assert len(received) > filled
+    assert limits == sorted(set(limits)), "lines out of order or repeated"
+    assert limits[-1] == 200.0
+    assert len(limits) < 20, f"stale publications were queued: {len(limits)} lines"
+
+
+async def test_a_line_published_just_before_the_shutdown_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "limits.jsonl"
+    latest: LatestValue[Publication] = LatestValue()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(JsonlSink(JsonlOutput(path=path)).run, latest)
+        latest.set(limited(1000.0))
+        await _lines_when(path, 1)
+        latest.set(limited(3000.0))
+        nursery.cancel_scope.cancel()
+    assert [_limit_of(line) for line in _read_lines(path)] == [1000.0, 3000.0]
+    assert not [t for t in threading.enumerate() if t.name.endswith(" writer") and t.is_alive()]

@@ -487,7 +487,17 @@ def pair_limit_writes(
     return publish, answer, counts
 
 
-def minimal_client(port: int, lpc_endpoint: str, config_path: Path, stamps_path: Path) -> None:
+# Where the minimal client stamps its steps (set by tools/trace_event_path.py; None = not).
+MINIMAL_TRACE: Path | None = None
+
+
+def minimal_client(
+    port: int,
+    lpc_endpoint: str,
+    config_path: Path,
+    stamps_path: Path,
+    trace_path: Path | None = None,
+) -> None:
     """The floor of metrics 1 and 2: the fewest lines that do the bridge's job on this path.
 
     A synchronous grpcio client (generic unary calls, betterproto2 messages as bytes): the same
@@ -495,7 +505,9 @@ def minimal_client(port: int, lpc_endpoint: str, config_path: Path, stamps_path:
     endpoint), then per event: WriteApprovalRequired -> PendingConsumptionLimit -> approve each;
     DataUpdateLimit -> ConsumptionLimit -> one JSON line written and flushed. No state machine,
     no checks. After each line, "<monotonic> <value>" goes to `stamps_path` (after the measured
-    moment). Runs until killed.
+    moment). Runs until killed. With `trace_path` (tools/trace_event_path.py), each event's
+    steps are stamped there too: "D <received> <read sent> <read answered> <line written>" and
+    "W <received> <pending read sent> <pending read answered>".
     """
     import grpc  # from grpcio-tools (the test extra); the bridge itself never uses grpcio
 
@@ -580,22 +592,34 @@ def minimal_client(port: int, lpc_endpoint: str, config_path: Path, stamps_path:
     )
     read = unary(lpc, lpc_service + "ConsumptionLimit", cs_lpc.ConsumptionLimitResponse)
     print("ready", flush=True)
+    trace = trace_path.open("a") if trace_path is not None else None
     with stamps_path.open("a") as stamps, (stamps_path.parent / "minimal.jsonl").open("a") as out:
         for event in events:
+            received = time.monotonic()
             name = event.use_case_event.event if event.use_case_event else ""
             if name == "WriteApprovalRequired":
-                for counter in pending(cs_lpc.PendingConsumptionLimitRequest()).load_limits:
+                sent = time.monotonic()
+                counters = pending(cs_lpc.PendingConsumptionLimitRequest()).load_limits
+                if trace is not None:
+                    trace.write(f"W {received!r} {sent!r} {time.monotonic()!r}\n")
+                for counter in counters:
                     answer(
                         cs_lpc.ApproveOrDenyConsumptionLimitRequest(
                             msg_counter=counter, approve=True
                         )
                     )
             elif name == "DataUpdateLimit":
+                sent = time.monotonic()
                 limit = read(cs_lpc.ConsumptionLimitRequest()).load_limit
+                answered = time.monotonic()
                 out.write(json.dumps({"limit_W": limit.value, "active": limit.is_active}) + "\n")
                 out.flush()
-                stamps.write(f"{time.monotonic()!r} {limit.value!r}\n")
+                written = time.monotonic()
+                stamps.write(f"{written!r} {limit.value!r}\n")
                 stamps.flush()
+                if trace is not None:
+                    trace.write(f"D {received!r} {sent!r} {answered!r} {written!r}\n")
+                    trace.flush()
     discovery.cancel()
 
 
@@ -701,6 +725,7 @@ async def _minimal_phase(
         endpoint,
         str(config_path),
         str(stamps),
+        *([str(MINIMAL_TRACE)] if MINIMAL_TRACE is not None else []),
     ]
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
     try:
@@ -1446,8 +1471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv[:1] == ["--minimal-client"]:
         port, endpoint, config, stamps = argv[1:5]
+        trace = Path(argv[5]) if len(argv) > 5 else None
         with contextlib.suppress(KeyboardInterrupt):
-            minimal_client(int(port), endpoint, Path(config), Path(stamps))
+            minimal_client(int(port), endpoint, Path(config), Path(stamps), trace)
         return 0
     args = _parser().parse_args(argv)
     names = list(BENCHMARKS) if "all" in args.benchmarks else list(dict.fromkeys(args.benchmarks))
