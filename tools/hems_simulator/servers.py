@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import betterproto2
 import trio
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
@@ -37,6 +38,33 @@ _UNIMPLEMENTED_DISCOVERY = (
 )
 
 
+class EncodedOnceCodec(ProtoCodec):
+    """grpclib's protobuf codec, encoding each use-case event message object only once.
+
+    The sidecar model sends one message object per (event, SKI, entity) again and again
+    (`SimulatedSidecar._emit`); encoding it was a quarter of the simulator's CPU in a heartbeat
+    flood. Messages are never changed after they are built, so the bytes of a message object
+    are those of its first encoding. Other messages are encoded as usual.
+    """
+
+    _LIMIT = 256  # distinct event messages kept; more means a test invents SKIs: start over
+
+    def __init__(self) -> None:
+        self._encoded: dict[int, tuple[Any, bytes]] = {}
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if type(message) is not cs.SubscribeUseCaseEventsResponse:
+            return super().encode(message, message_type)
+        known = self._encoded.get(id(message))
+        if known is not None and known[0] is message:
+            return known[1]
+        data = super().encode(message, message_type)
+        if len(self._encoded) >= self._LIMIT:
+            self._encoded.clear()
+        self._encoded[id(message)] = (message, data)  # the reference keeps the id unique
+        return data
+
+
 class AbortableServer(Server):
     """A grpclib Server that can drop its client connections like a dying process would.
 
@@ -45,7 +73,7 @@ class AbortableServer(Server):
     """
 
     def __init__(self, handlers: list[Any]) -> None:
-        super().__init__(handlers)
+        super().__init__(handlers, codec=EncodedOnceCodec())
         self._transports: set[asyncio.BaseTransport] = set()
 
     def _protocol_factory(self) -> H2Protocol:

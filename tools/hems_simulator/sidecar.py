@@ -260,6 +260,7 @@ class SimulatedSidecar:
         self._discovery_subscribers: list[BoundedBuffer[DiscoveryEvent]] = []
         self.on_trusted: Callable[[str], None] = lambda ski: None
         self.on_local_heartbeat_changed: Callable[[], None] = lambda: None
+        self._event_messages: dict[tuple[str, str, tuple[int, ...]], Any] = {}  # see _emit
         self.on_stopped: Callable[[], None] = lambda: None
         self.on_subscribers_changed: Callable[[], None] = lambda: None
         self.on_approval: Callable[[PendingWrite, bool, str], None] = lambda w, a, r: None
@@ -476,11 +477,17 @@ class SimulatedSidecar:
         entry = self.cs_lpc
         if entry is None or entry.events is None:
             return
-        event = SubscribeUseCaseEventsResponse(
-            remote_ski=ski,
-            remote_entity_address=EntityAddress(entity_address=list(entity)),
-            use_case_event=UseCaseEvent(use_case=UseCase(actor=_CS, name=_LPC), event=name),
-        )
+        # One message object per (event, SKI, entity), never changed: the servers encode each
+        # object once (servers.EncodedOnceCodec).
+        event = self._event_messages.get((name, ski, entity))
+        if event is None:
+            if len(self._event_messages) >= 256:
+                self._event_messages.clear()
+            event = self._event_messages[(name, ski, entity)] = SubscribeUseCaseEventsResponse(
+                remote_ski=ski,
+                remote_entity_address=EntityAddress(entity_address=list(entity)),
+                use_case_event=UseCaseEvent(use_case=UseCase(actor=_CS, name=_LPC), event=name),
+            )
         self._records.add_event("usecase", name, ski)
         self._log.debug(f"cs-lpc event {name} from {ski}")
         entry.events.put(event)
