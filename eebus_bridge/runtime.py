@@ -85,6 +85,7 @@ _EXIT_MARGIN_S = 0.15  # os._exit this long before the budget ends (process tear
 _EXIT_AFTER_RUN_S = 1.0  # bound for flushing stdio when no signal armed the deadline
 EXIT_OK = 0
 EXIT_FAILURE = 1
+GIL_SWITCH_INTERVAL_S = 0.0005  # see Bridge.run
 
 
 def restart_backoff(
@@ -174,6 +175,12 @@ class Bridge:
         self.status_endpoint = StatusEndpoint(sources, config.status, history=history)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The bridge's other threads (the history writer, a sink's writer thread, everestpy's
+        # calls) may hold the GIL while the Trio thread has an event to handle: Python makes it
+        # wait up to the switch interval for it, 5 ms by default. 0.5 ms caps that wait; the
+        # cost is more frequent hand-overs only while two threads want to run at once.
+        # Measured: p99 of both event paths 1.5-1.8x -> 1.3-1.5x of the minimal client (README).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.activity.record("bridge", event="start")
         try:
             await self._run(task_status=task_status)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
+from eebus_bridge.runtime import GIL_SWITCH_INTERVAL_S
 from tests._bridge_fixtures import (
     EG_SKI,
     OTHER_SKI,
@@ -374,3 +376,18 @@ async def test_bridge_restart_against_configured_external_sidecar_is_a_clear_err
     message = next(r.getMessage() for r in caplog.records if "already configured" in r.getMessage())
     assert "restart eebus_grpc_api" in message
     assert "manage = true" in message
+
+
+async def test_the_bridge_caps_how_long_its_threads_can_keep_the_gil_from_trio(
+    tmp_path: Path,
+) -> None:
+    """A background thread holding the GIL delays the Trio thread by up to Python's switch
+    interval (5 ms by default); a running bridge caps it (runtime.GIL_SWITCH_INTERVAL_S)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        async with simulated_bridge(tmp_path):
+            assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
+        assert GIL_SWITCH_INTERVAL_S <= 0.001
+    finally:
+        sys.setswitchinterval(previous)
