@@ -47,10 +47,10 @@ class LatestValue(Generic[T]):
     Writers never block. Each reader remembers the version it last handled and asks for anything
     newer; values set in between are skipped, which is exactly what a limit sink wants.
 
-    A reader that hands values to a thread of its own (the jsonl sink) can instead `watch` the
-    cell: its callback is called inside `set`, so the hand-over does not wait until the setter's
-    work is done and the reader's task is scheduled. A watcher must only hand over (no I/O, no
-    raising): it runs on the setter's stack, in the middle of the engine's decisions.
+    A reader that hands values to a thread of its own (the jsonl sink) can instead watch the
+    cell (`watching`): its callback is called inside `set`, so the hand-over does not wait until
+    the setter's work is done and the reader's task is scheduled. A watcher must only hand over
+    (no I/O, no raising): it runs on the setter's stack, in the middle of the engine's decisions.
     """
 
     def __init__(self) -> None:
