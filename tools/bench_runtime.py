@@ -113,7 +113,6 @@ import math
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -134,7 +133,7 @@ from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
 from eebus_bridge.sinks import jsonl as jsonl_sink
 from eebus_bridge.sinks import jsonl_line
-from tools.hems_simulator import SimulatorProcess, open_simulator_process
+from tools.hems_simulator import SimulatorProcess, open_simulator_process, terminate
 
 EG_SKI = "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f001"  # the bench scenario's EG
 DUMMY_CEM_SKI = "d0e1c2b3a4958677f8e9dacbbcad9e8f70615243"  # tools/scenarios/dummy-cem.toml
@@ -989,14 +988,7 @@ async def bridge_process(
     try:
         yield process
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(5):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await terminate(process, grace=5)
 
 
 async def wait_record(

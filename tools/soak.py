@@ -51,7 +51,7 @@ import trio
 from tests._bridge_fixtures import SIMULATOR, write_config
 from tests._broker import MosquittoBroker
 from tests._raw_sidecar import CUT_MID_MESSAGE, RawSidecar, open_raw_sidecar
-from tools.hems_simulator import free_tcp_port
+from tools.hems_simulator import free_tcp_port, terminate
 from tools.hems_simulator.control import ControlClient
 
 SCENARIO = """
@@ -298,17 +298,10 @@ async def bridge_process(
     try:
         yield run
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(5):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-            for pid in run.sidecar_pids:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        await terminate(process, grace=5)
+        for pid in run.sidecar_pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def eg_control(bridge: BridgeRun, sidecars: int) -> ControlClient:

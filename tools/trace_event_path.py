@@ -81,9 +81,10 @@ def install_bridge_stamps(stamps: list[Stamp]) -> None:
     jsonl._write_and_flush = timed_write
 
 
-def _follow(stamps: list[Stamp], start: float, steps: list[tuple[str, str]]) -> list[float]:
+def _follow(
+    stamps: list[Stamp], times: list[float], start: float, steps: list[tuple[str, str]]
+) -> list[float]:
     """The stamps of `steps`, in this order, after `start` (empty if one is missing)."""
-    times = [t for t, _, _ in stamps]
     index = bisect.bisect_left(times, start)
     found = [start]
     for step, detail in steps:
@@ -112,6 +113,8 @@ def _rows(title: str, names: list[str], chains: list[list[float]]) -> list[str]:
 
 
 def bridge_report(stamps: list[Stamp], sim_events: dict[str, list[float]]) -> list[str]:
+    stamps = sorted(stamps)  # the writer thread's stamps may land a moment out of order
+    times = [t for t, _, _ in stamps]
     publication_steps = [
         ("received", "DataUpdateLimit"),
         ("sent", "ConsumptionLimit"),
@@ -127,19 +130,20 @@ def bridge_report(stamps: list[Stamp], sim_events: dict[str, list[float]]) -> li
     publications = [
         chain
         for emitted in sim_events["DataUpdateLimit"]
-        if (chain := _follow(stamps, emitted, publication_steps)) and chain[-1] - emitted < 0.05
+        if (chain := _follow(stamps, times, emitted, publication_steps))
+        and chain[-1] - emitted < 0.05
     ]
     # When apply() returned, measured from the same answer (the line is handed over inside it
     # and may be written before or after it returns).
     applied = [
         [chain[3], after[1]]
         for chain in publications
-        if (after := _follow(stamps, chain[3], [("applied", "DataUpdateLimit")]))
+        if (after := _follow(stamps, times, chain[3], [("applied", "DataUpdateLimit")]))
     ]
     approvals = [
         [*chain, recorded]
         for emitted in sim_events["WriteApprovalRequired"]
-        if (chain := _follow(stamps, emitted, approval_steps)) and chain[-1] - emitted < 0.05
+        if (chain := _follow(stamps, times, emitted, approval_steps)) and chain[-1] - emitted < 0.05
         if (recorded := _next(sim_events["approval"], chain[-1])) is not None
     ]
     return [

@@ -73,8 +73,7 @@ class JsonlSink:
                 stream = await trio.to_thread.run_sync(self._open)
                 backoff.connected()
                 self.activity.record("sink", sink=self.name, event="connected")
-                writer = _LineWriter(stream, self.name, owns_stream=stream is not sys.stdout)
-                writer.delivered = self._delivered
+                writer = _LineWriter(stream, self.name, self._delivered)
                 try:
                     # The current publication first (a (re)opened file starts with the limits
                     # in force), then each newer one.
@@ -114,17 +113,19 @@ class _LineWriter:
     ends.
     """
 
-    def __init__(self, stream: TextIO, name: str, *, owns_stream: bool) -> None:
+    def __init__(
+        self, stream: TextIO, name: str, delivered: Callable[[int, str | None], None]
+    ) -> None:
         self._stream = stream
+        self._owns_stream = stream is not sys.stdout  # now: a test runner may swap stdout later
         self._name = name
-        self._owns_stream = owns_stream
+        self._delivered = delivered
         self._token = trio.lowlevel.current_trio_token()
         self._wake = threading.Condition()
         self._offered: tuple[int, Publication] | None = None  # guarded by _wake
         self._stopping = False  # guarded by _wake
         self._failure: OSError | None = None
         self._failed = trio.Event()
-        self.delivered: Callable[[int, str | None], None] = lambda version, error: None
         self._thread = threading.Thread(target=self._work, name=f"{name} writer", daemon=True)
         self._thread.start()
 
@@ -152,7 +153,7 @@ class _LineWriter:
             await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
 
     def _report(self, version: int, error: OSError | None) -> None:
-        self.delivered(version, None if error is None else str(error))
+        self._delivered(version, None if error is None else str(error))
         if error is not None and self._failure is None:
             self._failure = error
             self._failed.set()

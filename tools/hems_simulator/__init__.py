@@ -13,7 +13,7 @@ import trio_asyncio  # noqa: F401  (import for its side effect; see above)
 
 from .control import ControlClient
 from .logs import SimLog, StdoutLog
-from .process import SimulatorProcess, free_tcp_port, open_simulator_process
+from .process import SimulatorProcess, free_tcp_port, open_simulator_process, terminate
 from .records import ApprovalRecord, EventRecord, RpcRecord
 from .scenario import (
     ActionSpec,
@@ -51,5 +51,6 @@ __all__ = [
     "open_hems_simulator",
     "open_simulator_process",
     "preset_names",
+    "terminate",
     "with_overrides",
 ]

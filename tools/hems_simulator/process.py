@@ -182,6 +182,20 @@ class SimulatorProcess:
         return await self.process.wait()
 
 
+async def terminate(process: trio.Process, *, grace: float) -> int:
+    """SIGTERM to one child process, up to `grace` seconds, then SIGKILL; its exit status.
+    Shielded: also for a caller's cleanup in a cancelled scope. (The simulator itself is
+    stopped with its whole process group, `SimulatorProcess.stop`.)"""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+        return await process.wait()
+
+
 def simulator_args(
     *,
     port: int,
