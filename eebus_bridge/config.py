@@ -18,6 +18,7 @@ legal but risky setting (spec timings shortened, unknown EMS accepted, readable 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import math
 import os
@@ -57,6 +58,9 @@ class EebusConfig:
     reconnect_delay_s: float = 5.0
     reconnect_delay_max_s: float = 60.0  # the backoff's cap
     rpc_timeout_s: float = 5.0
+    # The HTTP/2 stack of the sidecar client (eebus_bridge/grpc_transport.py): pure-Python
+    # grpclib, or grpcio's C core (faster; the optional `grpcio` extra).
+    grpc_transport: Literal["grpclib", "grpcio"] = "grpclib"
 
 
 @attrs.frozen
@@ -545,6 +549,15 @@ def _between(low: float, high: float) -> _Rule:
     return check_between
 
 
+def _installed_transport(value: str) -> str:
+    if value == "grpcio" and importlib.util.find_spec("grpc") is None:
+        raise _Invalid(
+            "'grpcio' needs the grpcio package, which is not installed "
+            "(pip install 'eebus-bridge[grpcio]'), or use 'grpclib'"
+        )
+    return value
+
+
 def _positive(value: float) -> float:
     if value <= 0:
         raise _Invalid(f"must be greater than 0, got {_number(value)}")
@@ -718,6 +731,7 @@ _FIELD_RULES: dict[type[Any], dict[str, _Rule]] = {
         "reconnect_delay_s": _positive,
         "reconnect_delay_max_s": _positive,
         "rpc_timeout_s": _positive,
+        "grpc_transport": _installed_transport,
     },
     SidecarConfig: {
         "binary": _program,

@@ -153,8 +153,9 @@ class EebusLink:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One connection; returns only by raising (or being cancelled)."""
+        eebus = self._config.eebus
         async with SidecarClient(
-            self._host, self._config.eebus.grpc_port, self._config.eebus.rpc_timeout_s
+            self._host, eebus.grpc_port, eebus.rpc_timeout_s, eebus.grpc_transport
         ) as client:
             actions_send, actions_receive = trio.open_memory_channel[SidecarAction](_ACTION_BUFFER)
             lanes = _EventLanes(self._runner, actions_send)

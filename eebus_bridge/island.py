@@ -1,9 +1,11 @@
 """The asyncio island: trio-asyncio's event loop, stepping its ready callbacks in batches.
 
-grpclib is asyncio-only, so the bridge runs one asyncio event loop inside Trio (trio-asyncio;
-sidecar_client.py is the only module that uses it). Every process of ours that talks gRPC opens
-that loop with `open_island()`: the bridge, `discover`, the EVerest module and the HEMS
-simulator.
+grpclib (and grpcio's asyncio API, the optional transport) is asyncio-only, so the bridge runs
+one asyncio event loop inside Trio (trio-asyncio; sidecar_client.py and its grpc_transport.py
+are the only modules that use it). grpc.aio runs on it unchanged: its C core wakes the loop
+through a socket the loop watches (`add_reader`, a Trio task in trio-asyncio). Every process
+of ours that talks gRPC opens that loop with `open_island()`: the bridge, `discover`, the
+EVerest module and the HEMS simulator.
 
 Why not `trio_asyncio.open_loop()` as it comes: its loop task runs *one* asyncio callback per
 Trio step. Each step is a receive from a Trio memory channel and, whenever an asyncio timer is

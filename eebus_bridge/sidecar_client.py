@@ -1,10 +1,12 @@
 """The gRPC client of the eebus_grpc_api sidecar, seen from Trio.
 
-grpclib is asyncio-only, so this module is the one asyncio island of the bridge (trio-asyncio):
-every grpclib object is created and used inside `aio_as_trio`, and nothing else in the package
-imports grpclib or asyncio. Callers get plain Trio coroutines, values as `SidecarLimit` floats in
-seconds, and two exception types: `SidecarRpcError` (the sidecar answered with an error) and
-`SidecarUnreachable` (no answer: refused, reset, or past the deadline).
+The gRPC stacks are asyncio-only, so this module and its transports (grpc_transport.py: grpclib
+by default, grpcio's asyncio API when configured) are the one asyncio island of the bridge
+(trio-asyncio): every channel is created and used inside `aio_as_trio`, and nothing else in the
+package touches asyncio. Messages cross the transport as bytes and are encoded and decoded
+here, the same way for both stacks. Callers get plain Trio coroutines, values as `SidecarLimit`
+floats in seconds, and two exception types: `SidecarRpcError` (the sidecar answered with an
+error) and `SidecarUnreachable` (no answer: refused, reset, or past the deadline).
 
 Every unary call has a deadline (rpc_timeout_s): a hung sidecar must surface as an error instead
 of freezing the bridge (stack-notes: grpclib never notices a stopped server by itself).
@@ -28,15 +30,13 @@ Bytes from the sidecar are untrusted (issue 13.4). A message that does not decod
 UTF-8 in a string, a truncated field) is one bad answer: a unary call raises SidecarRpcError
 (status UNDECODABLE), a stream drops that message with a warning and reads on. A stream whose
 framing breaks (closed in the middle of a message, a compressed flag nobody negotiated) cannot be
-read any further: SidecarProtocolError, and the connection is set up again. Values out of range
+read any further: the transport raises SidecarProtocolError (grpclib) or a SidecarRpcError with
+grpcio's status (its C core says UNKNOWN, "Stream removed"), and either way the connection is set
+up again. Values out of range
 and unknown enum numbers decode fine and are judged by the engine and the event dispatch.
 """
 
 from __future__ import annotations
-
-# trio_asyncio before grpclib: grpclib keeps a reference to asyncio.current_task at import, and
-# on Python >= 3.12 only trio_asyncio's replacement of it sees trio-asyncio's loop.
-import trio_asyncio  # isort: skip
 
 import asyncio
 import enum
@@ -48,18 +48,43 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
-import grpclib.client
-import grpclib.exceptions
+import betterproto2
 import trio
-from grpclib.const import Cardinality, Status
+import trio_asyncio
 
 from eebus_bridge.generated import common_types, cs_lpc
 from eebus_bridge.generated import control_service as cs
+from eebus_bridge.grpc_transport import (  # the exceptions are re-exported
+    ServerStream,
+    SidecarProtocolError,
+    SidecarRpcError,
+    SidecarUnreachable,
+    Transport,
+    TransportName,
+    open_transport,
+)
 from eebus_bridge.lpc import Answer, SidecarLimit
+
+__all__ = [
+    "ALREADY_RUNNING",
+    "NOT_IN_SETUP",
+    "DiscoveryEvent",
+    "EventLanes",
+    "EventRoute",
+    "SidecarClient",
+    "SidecarProtocolError",
+    "SidecarRpcError",
+    "SidecarUnreachable",
+    "UseCaseEvent",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=betterproto2.Message)
+
+CONTROL_SERVICE = "/control_service.ControlService/"
+LPC_SERVICE = "/cs_lpc.ControllableSystemLPCControl/"
 
 NANOSECONDS = 1_000_000_000
 LPC_ENTITY = common_types.EntityAddress(entity_address=[1])
@@ -72,30 +97,9 @@ NOT_IN_SETUP = "Service is not in setup state"
 ALREADY_RUNNING = "Service is already running"
 
 
-class SidecarRpcError(Exception):
-    """The sidecar answered an RPC with an error status (it uses UNKNOWN plus a text)."""
-
-    def __init__(self, rpc: str, status: str, message: str) -> None:
-        super().__init__(f"{rpc}: {message or status}")
-        self.rpc = rpc
-        self.status = status
-        self.message = message
-
-
-class SidecarUnreachable(Exception):
-    """No answer from the sidecar: connection refused or reset, or the deadline passed."""
-
-
-class SidecarProtocolError(SidecarUnreachable):
-    """The sidecar broke the gRPC framing of a stream (e.g. closed it mid-message)."""
-
-
 # What decoding a message from the wire raises for bytes that are not a valid message
 # (betterproto2: UnicodeDecodeError is a ValueError, EOFError for truncated fields).
 _UNDECODABLE = (ValueError, EOFError, struct.error)
-# What grpclib raises when the framing itself is broken: it asserts that a message came whole
-# and refuses the compressed flag.
-_BROKEN_FRAMING = (AssertionError, NotImplementedError)
 
 
 @attrs.frozen
@@ -190,60 +194,20 @@ class _ReadQueue:
         return event, received_at
 
 
-class CoalescingTransport:
-    """An asyncio transport proxy that sends what grpclib writes within one loop step in one go.
-
-    grpclib writes each HTTP/2 frame of a call separately (request HEADERS, then DATA; a server
-    also sends trailers), and asyncio sends each write at once with TCP_NODELAY: two or three
-    segments per call, each waking the peer. Joined at the end of the step, the call is one
-    segment and one wake-up, which halves the per-call cost on loopback. Nothing waits longer
-    than the current loop step. Used by the client below and by the HEMS simulator's servers.
-    """
-
-    __slots__ = ("_buffer", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._buffer: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._buffer:
-            self._loop.call_soon(self._flush)
-        self._buffer.append(data)
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def coalescing_protocol(protocol: T, loop: asyncio.AbstractEventLoop) -> T:
-    """Make an asyncio protocol (grpclib's H2Protocol) write through a CoalescingTransport."""
-    made = protocol.connection_made  # type: ignore[attr-defined]
-
-    def connection_made(transport: asyncio.Transport) -> None:
-        made(CoalescingTransport(transport, loop))
-
-    protocol.connection_made = connection_made  # type: ignore[attr-defined]
-    return protocol
-
-
-class _Channel(grpclib.client.Channel):
-    """grpclib's Channel, writing each call's frames in one segment (CoalescingTransport)."""
-
-    def _protocol_factory(self) -> Any:
-        return coalescing_protocol(super()._protocol_factory(), self._loop)
+def discovery_event(msg: cs.DiscoveryEvent) -> DiscoveryEvent:
+    """A SubscribeDiscoveryEvents message as the bridge uses it (unknown types: "UNKNOWN")."""
+    try:
+        kind = cs.DiscoveryEventType(msg.type).name or "UNKNOWN"
+    except ValueError:
+        kind = "UNKNOWN"
+    return DiscoveryEvent(
+        kind=kind,
+        ski=msg.remote_ski,
+        is_trusted=msg.is_trusted,
+        brand=msg.brand,
+        model=msg.model,
+        device_type=msg.device_type,
+    )
 
 
 def limit_from_wire(load_limit: common_types.LoadLimit | None) -> SidecarLimit:
@@ -283,16 +247,18 @@ class SidecarClient:
     """gRPC connection to one sidecar: the control service plus, once added, the cs_lpc service.
 
     Use inside an open trio-asyncio loop; `close()` (shielded, time-boxed) releases the channels.
+    `transport` names the HTTP/2 stack (grpc_transport.py); both behave the same here.
     """
 
-    def __init__(self, host: str, port: int, rpc_timeout_s: float) -> None:
+    def __init__(
+        self, host: str, port: int, rpc_timeout_s: float, transport: TransportName = "grpclib"
+    ) -> None:
         self._host = host
         self._port = port
         self._timeout = rpc_timeout_s
-        self._control_channel: grpclib.client.Channel | None = None
-        self._lpc_channel: grpclib.client.Channel | None = None
-        self._control: cs.ControlServiceStub | None = None
-        self._lpc: cs_lpc.ControllableSystemLpcControlStub | None = None
+        self._transport_name: TransportName = transport
+        self._control: Transport | None = None
+        self._lpc: Transport | None = None
         self._reads: _ReadQueue | None = None  # the data lane's queue while events stream
 
     async def __aenter__(self) -> SidecarClient:
@@ -303,185 +269,207 @@ class SidecarClient:
         await self.close()
 
     async def _open_control(self) -> None:
-        self._control_channel = _Channel(self._host, self._port)
-        self._control = cs.ControlServiceStub(self._control_channel, timeout=self._timeout)
+        self._control = open_transport(self._transport_name, self._host, self._port)
 
     async def close(self) -> None:
         """Close both channels; safe to call from a cancelled scope."""
+        channels = [c for c in (self._lpc, self._control) if c is not None]
+        self._lpc = self._control = None
 
-        # Channel.close() is synchronous but must run on the asyncio side.
         async def _aio_close() -> None:
-            for channel in (self._lpc_channel, self._control_channel):
-                if channel is not None:
-                    channel.close()
+            for channel in channels:
+                await channel.aclose()
 
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await trio_asyncio.aio_as_trio(_aio_close)()
-        self._lpc_channel = self._control_channel = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @staticmethod
-    async def _aio_call(rpc: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """asyncio side: one unary RPC under grpclib's deadline, failures translated."""
+    def _channel(self, service: str) -> Transport:
+        channel = self._lpc if service == LPC_SERVICE else self._control
+        if channel is None:
+            if service == LPC_SERVICE:
+                raise SidecarUnreachable("the LPC endpoint is not connected")
+            raise SidecarUnreachable("control channel is not open")
+        return channel
+
+    async def _aio_call(self, service: str, rpc: str, request: Any, response: type[M]) -> M:
+        """asyncio side: one unary RPC under the transport's deadline, failures translated."""
+        answer = await self._channel(service).unary(
+            rpc, service + rpc, bytes(request), self._timeout
+        )
         try:
-            return await fn()
-        except grpclib.exceptions.GRPCError as exc:
-            if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
-                raise SidecarUnreachable(f"{rpc}: {exc.status.name} {exc.message}") from exc
-            raise SidecarRpcError(rpc, exc.status.name, exc.message or "") from exc
-        except (TimeoutError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
-            raise SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip()) from exc
-        except (*_UNDECODABLE, *_BROKEN_FRAMING) as exc:
+            return response.parse(answer)
+        except _UNDECODABLE as exc:
             raise SidecarRpcError(
                 rpc, "UNDECODABLE", f"the sidecar's answer is not a valid message ({exc})"
             ) from exc
 
-    async def _call(self, rpc: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, service: str, rpc: str, request: Any, response: type[M]) -> M:
         """Run one unary RPC on the asyncio side, from Trio."""
-        # The grpclib deadline is the real one; the Trio bound is a backstop for a stuck loop.
+        # The transport's deadline is the real one; the Trio bound is a backstop for a stuck loop.
         with trio.move_on_after(self._timeout + 1.0):
-            result: T = await trio_asyncio.aio_as_trio(self._aio_call)(rpc, fn)
+            result: M = await trio_asyncio.aio_as_trio(self._aio_call)(
+                service, rpc, request, response
+            )
             return result
         raise SidecarUnreachable(f"{rpc}: no answer within {self._timeout + 1.0:.1f} s")
-
-    def _control_stub(self) -> cs.ControlServiceStub:
-        if self._control is None:
-            raise SidecarUnreachable("control channel is not open")
-        return self._control
-
-    def _lpc_stub(self) -> cs_lpc.ControllableSystemLpcControlStub:
-        if self._lpc is None:
-            raise SidecarUnreachable("the LPC endpoint is not connected")
-        return self._lpc
 
     # -- control service --------------------------------------------------------------------
 
     async def set_config(self, request: cs.SetConfigRequest) -> None:
-        await self._call("SetConfig", lambda: self._control_stub().set_config(request))
+        await self._call(CONTROL_SERVICE, "SetConfig", request, cs.EmptyResponse)
 
     async def start_setup(self) -> None:
-        await self._call("StartSetup", lambda: self._control_stub().start_setup())
+        await self._call(CONTROL_SERVICE, "StartSetup", cs.EmptyRequest(), cs.EmptyResponse)
 
     async def register_remote_ski(self, ski: str) -> None:
         request = cs.RegisterRemoteSkiRequest(remote_ski=ski)
-        await self._call(
-            "RegisterRemoteSki", lambda: self._control_stub().register_remote_ski(request)
-        )
+        await self._call(CONTROL_SERVICE, "RegisterRemoteSki", request, cs.EmptyResponse)
 
     async def add_use_case(self) -> str:
         request = cs.AddUseCaseRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
-        response = await self._call(
-            "AddUseCase", lambda: self._control_stub().add_use_case(request)
-        )
+        response = await self._call(CONTROL_SERVICE, "AddUseCase", request, cs.AddUseCaseResponse)
         return response.endpoint
 
     async def start_service(self) -> None:
-        await self._call("StartService", lambda: self._control_stub().start_service())
+        await self._call(CONTROL_SERVICE, "StartService", cs.EmptyRequest(), cs.EmptyResponse)
 
     async def connect_lpc(self, endpoint: str) -> None:
         host, port = _parse_endpoint(endpoint)
+        old, self._lpc = self._lpc, None
 
         async def _open() -> None:
-            if self._lpc_channel is not None:
-                self._lpc_channel.close()
-            self._lpc_channel = _Channel(host, port)
-            self._lpc = cs_lpc.ControllableSystemLpcControlStub(
-                self._lpc_channel, timeout=self._timeout
-            )
+            if old is not None:
+                await old.aclose()
+            self._lpc = open_transport(self._transport_name, host, port)
 
         await trio_asyncio.aio_as_trio(_open)()
 
     # -- cs_lpc service ---------------------------------------------------------------------
 
     async def set_consumption_nominal_max(self, value_w: float) -> None:
-        request = cs_lpc.SetConsumptionNominalMaxRequest(value=value_w)
         await self._call(
+            LPC_SERVICE,
             "SetConsumptionNominalMax",
-            lambda: self._lpc_stub().set_consumption_nominal_max(request),
+            cs_lpc.SetConsumptionNominalMaxRequest(value=value_w),
+            cs_lpc.SetConsumptionNominalMaxResponse,
         )
 
     async def set_consumption_limit(self, limit: SidecarLimit) -> None:
-        request = cs_lpc.SetConsumptionLimitRequest(load_limit=limit_to_wire(limit))
         await self._call(
-            "SetConsumptionLimit", lambda: self._lpc_stub().set_consumption_limit(request)
+            LPC_SERVICE,
+            "SetConsumptionLimit",
+            cs_lpc.SetConsumptionLimitRequest(load_limit=limit_to_wire(limit)),
+            cs_lpc.SetConsumptionLimitResponse,
         )
 
     async def set_failsafe_limit(self, value_w: float) -> None:
-        request = cs_lpc.SetFailsafeConsumptionActivePowerLimitRequest(
-            value=value_w, is_changeable=True
-        )
         await self._call(
+            LPC_SERVICE,
             "SetFailsafeConsumptionActivePowerLimit",
-            lambda: self._lpc_stub().set_failsafe_consumption_active_power_limit(request),
+            cs_lpc.SetFailsafeConsumptionActivePowerLimitRequest(value=value_w, is_changeable=True),
+            cs_lpc.SetFailsafeConsumptionActivePowerLimitResponse,
         )
 
     async def set_failsafe_duration(self, duration_s: float) -> None:
-        request = cs_lpc.SetFailsafeDurationMinimumRequest(
-            duration_nanoseconds=_seconds_to_ns(duration_s), is_changeable=True
-        )
         await self._call(
+            LPC_SERVICE,
             "SetFailsafeDurationMinimum",
-            lambda: self._lpc_stub().set_failsafe_duration_minimum(request),
+            cs_lpc.SetFailsafeDurationMinimumRequest(
+                duration_nanoseconds=_seconds_to_ns(duration_s), is_changeable=True
+            ),
+            cs_lpc.SetFailsafeDurationMinimumResponse,
         )
 
     async def start_heartbeat(self) -> None:
-        await self._call("StartHeartbeat", lambda: self._lpc_stub().start_heartbeat())
+        await self._call(
+            LPC_SERVICE,
+            "StartHeartbeat",
+            cs_lpc.StartHeartbeatRequest(),
+            cs_lpc.StartHeartbeatResponse,
+        )
 
     async def consumption_limit(self) -> SidecarLimit:
-        return await self._call("ConsumptionLimit", self._aio_consumption_limit)
+        value: SidecarLimit = await trio_asyncio.aio_as_trio(self._aio_consumption_limit)()
+        return value
 
     async def _aio_consumption_limit(self) -> SidecarLimit:
-        response = await self._lpc_stub().consumption_limit()
+        response = await self._aio_call(
+            LPC_SERVICE,
+            "ConsumptionLimit",
+            cs_lpc.ConsumptionLimitRequest(),
+            cs_lpc.ConsumptionLimitResponse,
+        )
         return limit_from_wire(response.load_limit)
 
     async def pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
-        return await self._call("PendingConsumptionLimit", self._aio_pending_consumption_limits)
+        pending = self._aio_pending_consumption_limits
+        value: list[tuple[int, SidecarLimit]] = await trio_asyncio.aio_as_trio(pending)()
+        return value
 
     async def _aio_pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
-        response = await self._lpc_stub().pending_consumption_limit()
+        response = await self._aio_call(
+            LPC_SERVICE,
+            "PendingConsumptionLimit",
+            cs_lpc.PendingConsumptionLimitRequest(),
+            cs_lpc.PendingConsumptionLimitResponse,
+        )
         return sorted((int(k), limit_from_wire(v)) for k, v in response.load_limits.items())
 
     async def approve_or_deny(self, msg_counter: int, approve: bool, reason: str) -> None:
-        await self._call(
-            "ApproveOrDenyConsumptionLimit",
-            lambda: self._aio_approve_or_deny(msg_counter, approve, reason),
+        await trio_asyncio.aio_as_trio(self._aio_answer)(
+            Answer(msg_counter=msg_counter, approve=approve, reason=reason)
         )
 
     async def _aio_answer(self, answer: Answer) -> None:
         await self._aio_call(
+            LPC_SERVICE,
             "ApproveOrDenyConsumptionLimit",
-            lambda: self._aio_approve_or_deny(answer.msg_counter, answer.approve, answer.reason),
+            cs_lpc.ApproveOrDenyConsumptionLimitRequest(
+                msg_counter=answer.msg_counter, approve=answer.approve, reason=answer.reason
+            ),
+            cs_lpc.ApproveOrDenyConsumptionLimitResponse,
         )
-
-    async def _aio_approve_or_deny(self, msg_counter: int, approve: bool, reason: str) -> None:
-        request = cs_lpc.ApproveOrDenyConsumptionLimitRequest(
-            msg_counter=msg_counter, approve=approve, reason=reason
-        )
-        await self._lpc_stub().approve_or_deny_consumption_limit(request)
 
     async def failsafe_limit(self) -> float:
-        return await self._call("FailsafeConsumptionActivePowerLimit", self._aio_failsafe_limit)
+        value: float = await trio_asyncio.aio_as_trio(self._aio_failsafe_limit)()
+        return value
 
     async def _aio_failsafe_limit(self) -> float:
-        response = await self._lpc_stub().failsafe_consumption_active_power_limit()
+        response = await self._aio_call(
+            LPC_SERVICE,
+            "FailsafeConsumptionActivePowerLimit",
+            cs_lpc.FailsafeConsumptionActivePowerLimitRequest(),
+            cs_lpc.FailsafeConsumptionActivePowerLimitResponse,
+        )
         return response.limit
 
     async def failsafe_duration(self) -> float:
-        return await self._call("FailsafeDurationMinimum", self._aio_failsafe_duration)
+        value: float = await trio_asyncio.aio_as_trio(self._aio_failsafe_duration)()
+        return value
 
     async def _aio_failsafe_duration(self) -> float:
-        response = await self._lpc_stub().failsafe_duration_minimum()
+        response = await self._aio_call(
+            LPC_SERVICE,
+            "FailsafeDurationMinimum",
+            cs_lpc.FailsafeDurationMinimumRequest(),
+            cs_lpc.FailsafeDurationMinimumResponse,
+        )
         return response.duration_nanoseconds / NANOSECONDS
 
     async def is_heartbeat_within_duration(self) -> bool:
-        return await self._call("IsHeartbeatWithinDuration", self._aio_is_heartbeat_within)
+        value: bool = await trio_asyncio.aio_as_trio(self._aio_is_heartbeat_within)()
+        return value
 
     async def _aio_is_heartbeat_within(self) -> bool:
-        response = await self._lpc_stub().is_heartbeat_within_duration()
+        response = await self._aio_call(
+            LPC_SERVICE,
+            "IsHeartbeatWithinDuration",
+            cs_lpc.IsHeartbeatWithinDurationRequest(),
+            cs_lpc.IsHeartbeatWithinDurationResponse,
+        )
         return response.is_within_duration
-
-    # -- streams ---------------------------------------------------------------------------
 
     def queue_rereads(self) -> None:
         """Queue a re-read of the limit and both failsafe values on the data lane, as events
@@ -500,25 +488,20 @@ class SidecarClient:
         (the real sidecar never ends it by itself) or a lane's RPC finds the sidecar gone.
         """
         request = cs.SubscribeUseCaseEventsRequest(entity_address=LPC_ENTITY, use_case=LPC_USE_CASE)
-        route = "/control_service.ControlService/SubscribeUseCaseEvents"
+        rpc = "SubscribeUseCaseEvents"
         reads, approvals = _ReadQueue(), _ReadQueue()
 
         async def _aio() -> None:
-            if self._control_channel is None:
-                raise SidecarUnreachable("control channel is not open")
+            channel = self._channel(CONTROL_SERVICE)
             async with asyncio.TaskGroup() as lane_tasks:
                 lane_tasks.create_task(self._data_lane(reads, lanes))
                 lane_tasks.create_task(self._approval_lane(approvals, lanes, lane_tasks))
-                async with self._control_channel.request(
-                    route,
-                    Cardinality.UNARY_STREAM,
-                    cs.SubscribeUseCaseEventsRequest,
-                    cs.SubscribeUseCaseEventsResponse,
-                ) as stream:
-                    await stream.send_message(request, end=True)
+                async with channel.stream(rpc, CONTROL_SERVICE + rpc, bytes(request)) as stream:
                     self._reads = reads
                     subscribed.set()
-                    async for message in _decoded_messages(stream, "SubscribeUseCaseEvents"):
+                    async for message in _decoded_messages(
+                        stream, rpc, cs.SubscribeUseCaseEventsResponse
+                    ):
                         use_case_event = message.use_case_event
                         event = UseCaseEvent(
                             name=use_case_event.event if use_case_event is not None else "",
@@ -531,10 +514,10 @@ class SidecarClient:
                             reads.put(event)
                         elif lane is EventRoute.APPROVAL:
                             approvals.put(event)
-                raise SidecarUnreachable("SubscribeUseCaseEvents: the sidecar ended the stream")
+                    raise SidecarUnreachable(f"{rpc}: the sidecar ended the stream")
 
         try:
-            await self._aio_stream("SubscribeUseCaseEvents", _aio)
+            await self._aio_stream(rpc, _aio)
         finally:
             self._reads = None
 
@@ -546,9 +529,8 @@ class SidecarClient:
         }
         while True:
             event, received_at = await reads.get()
-            rpc = DATA_READS[event.name]
             try:
-                value = await self._aio_call(rpc, readers[rpc])
+                value = await readers[DATA_READS[event.name]]()
             except SidecarRpcError as exc:
                 lanes.rpc_refused(event, exc)
                 continue
@@ -564,14 +546,10 @@ class SidecarClient:
         while True:
             event, _ = await asks.get()
             try:
-                pending = await self._aio_call(
-                    "PendingConsumptionLimit", self._aio_pending_consumption_limits
-                )
+                pending = await self._aio_pending_consumption_limits()
                 heartbeat_within: bool | None = None
                 if pending and lanes.needs_heartbeat_check():
-                    heartbeat_within = await self._aio_call(
-                        "IsHeartbeatWithinDuration", self._aio_is_heartbeat_within
-                    )
+                    heartbeat_within = await self._aio_is_heartbeat_within()
             except SidecarRpcError as exc:
                 lanes.rpc_refused(event, exc)
                 continue
@@ -590,25 +568,11 @@ class SidecarClient:
         """Read SubscribeDiscoveryEvents into `out`; `subscribed` is set once the request is
         sent. Never returns normally (like run_use_case_events)."""
 
-        def convert(msg: cs.DiscoveryEvent) -> DiscoveryEvent:
-            try:
-                kind = cs.DiscoveryEventType(msg.type).name or "UNKNOWN"
-            except ValueError:
-                kind = "UNKNOWN"
-            return DiscoveryEvent(
-                kind=kind,
-                ski=msg.remote_ski,
-                is_trusted=msg.is_trusted,
-                brand=msg.brand,
-                model=msg.model,
-                device_type=msg.device_type,
-            )
-
         await self._stream(
             "SubscribeDiscoveryEvents",
             cs.SubscribeDiscoveryEventsRequest(),
             cs.DiscoveryEvent,
-            convert,
+            discovery_event,
             out,
             subscribed,
         )
@@ -617,35 +581,28 @@ class SidecarClient:
         self,
         rpc: str,
         request: Any,
-        response_type: type[Any],
-        convert: Callable[[Any], T],
+        response_type: type[M],
+        convert: Callable[[M], T],
         out: trio.MemorySendChannel[T],
         subscribed: trio.Event,
     ) -> None:
         # One asyncio task per stream; it hands messages to Trio without awaiting unless the
-        # channel is full (stack-notes: ~13k events/s this way). grpclib's request() is used
-        # directly so that we know when the subscription request has gone out: the handshake
-        # order (subscribe, then StartService) depends on it.
+        # channel is full (stack-notes: ~13k events/s this way).
         send_when_full = trio_asyncio.trio_as_aio(out.send)
-        route = f"/control_service.ControlService/{rpc}"
 
         async def _aio() -> None:
-            if self._control_channel is None:
-                raise SidecarUnreachable("control channel is not open")
-            async with self._control_channel.request(
-                route, Cardinality.UNARY_STREAM, type(request), response_type
-            ) as stream:
-                await stream.send_message(request, end=True)
+            channel = self._channel(CONTROL_SERVICE)
+            async with channel.stream(rpc, CONTROL_SERVICE + rpc, bytes(request)) as stream:
                 subscribed.set()
-                async for message in _decoded_messages(stream, rpc):
+                async for message in _decoded_messages(stream, rpc, response_type):
                     item = convert(message)
                     try:
                         out.send_nowait(item)
                     except trio.WouldBlock:
                         await send_when_full(item)
+                raise SidecarUnreachable(f"{rpc}: the sidecar ended the stream")
 
         await self._aio_stream(rpc, _aio)
-        raise SidecarUnreachable(f"{rpc}: the sidecar ended the stream")
 
     @staticmethod
     async def _aio_stream(rpc: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -661,28 +618,29 @@ class SidecarClient:
 
 
 def _stream_failure(rpc: str, exc: BaseException) -> BaseException:
+    """The first sidecar failure in what a stream's asyncio side raised (also out of a group
+    of lane tasks: the rest are its echoes); anything else is raised as it is."""
     if isinstance(exc, BaseExceptionGroup):
         for leaf in exc.exceptions:
             failure = _stream_failure(rpc, leaf)
             if isinstance(failure, SidecarUnreachable | SidecarRpcError):
                 return failure
         return exc
-    if isinstance(exc, SidecarUnreachable | SidecarRpcError):
-        return exc
-    if isinstance(exc, grpclib.exceptions.GRPCError):
-        return SidecarRpcError(rpc, exc.status.name, exc.message or "")
-    if isinstance(exc, TimeoutError | OSError | grpclib.exceptions.StreamTerminatedError):
-        return SidecarUnreachable(f"{rpc}: {type(exc).__name__} {exc}".strip())
     return exc
 
 
-async def _decoded_messages(stream: Any, rpc: str) -> AsyncIterator[Any]:
+async def _decoded_messages(
+    stream: ServerStream, rpc: str, response_type: type[M]
+) -> AsyncIterator[M]:
     """asyncio side: a stream's messages, without those that do not decode (see the module
-    docstring); raises SidecarProtocolError when the framing breaks."""
+    docstring); the transport raises SidecarProtocolError when the framing breaks."""
     undecodable = 0
     while True:
+        data = await stream.recv()
+        if data is None:
+            return
         try:
-            message = await stream.recv_message()
+            message = response_type.parse(data)
         except _UNDECODABLE as exc:
             undecodable += 1
             log.log(
@@ -693,11 +651,4 @@ async def _decoded_messages(stream: Any, rpc: str) -> AsyncIterator[Any]:
                 "" if undecodable == 1 else f" ({undecodable} on this stream)",
             )
             continue
-        except _BROKEN_FRAMING as exc:
-            raise SidecarProtocolError(
-                f"{rpc}: the sidecar broke the stream's framing "
-                f"({type(exc).__name__}: {exc or 'message cut short'})"
-            ) from exc
-        if message is None:
-            return
         yield message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR = ROOT / "tools" / "eebus_grpc_api_sim"
 EG_SKI = "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f001"
 OTHER_SKI = "0123456789abcdef0123456789abcdef01234567"
+
+# The sidecar client's HTTP/2 stack in every test config ([eebus] grpc_transport): .ci/run runs
+# the tests that talk to a sidecar once more with "grpcio".
+GRPC_TRANSPORT = os.environ.get("EEBUS_BRIDGE_TEST_GRPC_TRANSPORT", "grpclib")
 
 # Shortened [lpc.timing] so that a test sees every timed rule within seconds.
 FAST_TIMING = {
@@ -69,6 +74,7 @@ def write_config(
             "rpc_timeout_s": 1.0,
             "reconnect_delay_s": 0.2,
             "accept_unknown_ems": False,
+            "grpc_transport": GRPC_TRANSPORT,
             **(eebus or {}),
         },
         "sidecar": {

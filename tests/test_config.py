@@ -961,3 +961,41 @@ def test_any_input_gives_a_config_or_one_line_problems(document: Any) -> None:
     else:
         assert isinstance(loaded.config, Config)
         assert os.path.isabs(loaded.config.lpc.state_file)
+
+
+# --------------------------------------------------------------------------- grpc_transport
+
+
+def test_grpc_transport_defaults_to_grpclib_and_takes_grpcio(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, minimal_document())).config.eebus.grpc_transport == (
+        "grpclib"
+    )
+    document = patched(minimal_document(), {"eebus.grpc_transport": "grpcio"})
+    assert load_config(write(tmp_path, document)).config.eebus.grpc_transport == "grpcio"
+
+
+def test_grpc_transport_names_its_choices(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, patched(minimal_document(), {"eebus.grpc_transport": "h2"}))
+    assert len(problems) == 1
+    assert problems[0].startswith("eebus.grpc_transport")
+    assert "grpclib" in problems[0]
+    assert "grpcio" in problems[0]
+
+
+def test_grpcio_without_the_package_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # grpcio is installed wherever the tests run (the test extra); hide it from the lookup.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else find_spec(name)
+    )
+    problems = problems_of(
+        tmp_path, patched(minimal_document(), {"eebus.grpc_transport": "grpcio"})
+    )
+    assert problems == [
+        "eebus.grpc_transport: 'grpcio' needs the grpcio package, which is not installed "
+        "(pip install 'eebus-bridge[grpcio]'), or use 'grpclib'"
+    ]

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests._bridge_fixtures import EG_SKI, OTHER_SKI, limit_write, simulated_bridge
+from tests._util import wait_until
 from tools.hems_simulator import HemsSimulator
 
 READS = (
@@ -27,6 +28,14 @@ READS = (
 
 def _reads(sim: HemsSimulator) -> list[str]:
     return [r.method for r in sim.records if r.method in READS]
+
+
+async def _local_data_resent(sim: HemsSimulator) -> None:
+    """Until the bridge has answered the EG's arrival (UseCaseSupportUpdate) by writing its
+    local data again; the last of those writes is the failsafe duration's."""
+    await wait_until(
+        lambda: [r.method for r in sim.records].count("cs_lpc.SetFailsafeDurationMinimum") >= 2
+    )
 
 
 async def test_a_write_is_answered_while_a_consumption_limit_read_is_held(tmp_path: Path) -> None:
@@ -70,6 +79,8 @@ async def test_events_without_a_valid_ski_are_dropped_before_any_rpc(
         with trio.fail_after(10):
             await bridge.connected.wait()
         await sim.wait_eg_connected()
+        # Else the re-sent local data may overwrite the values set here (seen with grpcio).
+        await _local_data_resent(sim)
         reads_before = _reads(sim)
         sim.overwrite_values(limit_value=1500.0, limit_active=True, failsafe_limit=3000.0)
         for ski in ("", "not-a-ski", "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f0", "x" * 40):

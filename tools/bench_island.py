@@ -14,6 +14,8 @@ taking turns round by round so that the machine's other load hits them alike:
 - thread/trio:   grpclib on its own asyncio loop in a second thread; Trio hands each call over
                  with run_coroutine_threadsafe and is woken through its TrioToken;
 - thread/aio:    awaited on that thread's loop itself (plain asyncio, the floor for grpclib);
+- grpcio/aio:    grpcio's asyncio API (grpc.aio) on the island, awaited on its asyncio side
+                 (the bridge's optional transport, [eebus] grpc_transport = "grpcio");
 - grpcio/sync:   a synchronous grpcio call (the minimal client's kind).
 
 Each grpclib variant runs with the bridge's coalescing transport (one segment per call) and
@@ -42,8 +44,9 @@ import trio
 from eebus_bridge.config import load_config
 from eebus_bridge.eebus_link import set_config_request
 from eebus_bridge.generated import cs_lpc
+from eebus_bridge.grpc_transport import coalescing_protocol
 from eebus_bridge.island import batch_ready_callbacks, open_island
-from eebus_bridge.sidecar_client import SidecarClient, coalescing_protocol
+from eebus_bridge.sidecar_client import SidecarClient
 from tools.bench_runtime import percentile, write_bridge_config, write_scenario
 from tools.hems_simulator import open_simulator_process
 
@@ -205,6 +208,22 @@ async def run(calls: int, rounds: int, gap_s: float) -> Measured:
                         ),
                     )
                     thread.submit(asyncio.sleep(0, thread_stub.channel.close())).result(5)
+
+                async def grpcio_aio_round() -> list[float]:
+                    import grpc.aio
+
+                    aio_channel = grpc.aio.insecure_channel(endpoint)
+                    call = aio_channel.unary_unary(LPC_METHOD)
+                    raw = bytes(request)
+                    try:
+                        await call(raw, timeout=5.0)  # connect
+                        return await _timed_aio(lambda: call(raw, timeout=5.0), calls, gap_s)
+                    finally:
+                        await aio_channel.close()
+
+                await results.add(
+                    "grpcio/aio (island)", trio_asyncio.aio_as_trio(grpcio_aio_round)()
+                )
 
                 def sync_round() -> list[float]:
                     samples = []

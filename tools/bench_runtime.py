@@ -251,6 +251,10 @@ def write_scenario(
     return path
 
 
+# The bridge's [eebus] grpc_transport in every benchmark config (--grpc-transport).
+GRPC_TRANSPORT = "grpclib"
+
+
 def write_bridge_config(
     folder: Path, *, grpc_port: int, ems_ski: str = EG_SKI, jsonl_name: str = "publications.jsonl"
 ) -> Path:
@@ -266,6 +270,7 @@ def write_bridge_config(
         f"grpc_port = {grpc_port}\n"
         f'ems_ski_allowlist = ["{ems_ski}"]\n'
         "reconnect_delay_s = 0.5\n"
+        f'grpc_transport = "{GRPC_TRANSPORT}"\n'
         "[sidecar]\n"
         "manage = false\n"
         "[lpc]\n"
@@ -1453,6 +1458,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="metric 6 (60)")
     parser.add_argument("--flood-rate", type=float, default=5000.0, help="metric 7 (5000/s)")
     parser.add_argument("--flood-seconds", type=float, default=10.0, help="metric 7 (10 s)")
+    parser.add_argument(
+        "--grpc-transport",
+        choices=("grpclib", "grpcio"),
+        default="grpclib",
+        help="the bridge's [eebus] grpc_transport (grpclib)",
+    )
     return parser
 
 
@@ -1468,6 +1479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             minimal_client(int(port), endpoint, Path(config), Path(stamps), trace)
         return 0
     args = _parser().parse_args(argv)
+    global GRPC_TRANSPORT
+    GRPC_TRANSPORT = args.grpc_transport
     names = list(BENCHMARKS) if "all" in args.benchmarks else list(dict.fromkeys(args.benchmarks))
     machine = machine_info()
     results = trio.run(run_benchmarks, names, args)

@@ -28,7 +28,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,17 +49,17 @@ def install_bridge_stamps(stamps: list[Stamp]) -> None:
 
     decoded = sidecar_client._decoded_messages
 
-    async def received(stream: Any, rpc: str) -> AsyncIterator[Any]:
-        async for message in decoded(stream, rpc):
+    async def received(stream: Any, rpc: str, response_type: Any) -> AsyncIterator[Any]:
+        async for message in decoded(stream, rpc, response_type):
             event = getattr(message, "use_case_event", None)
             stamp("received", event.event if event is not None else "")
             yield message
 
     call = sidecar_client.SidecarClient._aio_call
 
-    async def timed_call(rpc: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def timed_call(self: Any, service: str, rpc: str, request: Any, response: Any) -> Any:
         stamp("sent", rpc)
-        result = await call(rpc, fn)
+        result = await call(self, service, rpc, request, response)
         stamp("answered", rpc)
         return result
 
@@ -76,7 +76,7 @@ def install_bridge_stamps(stamps: list[Stamp]) -> None:
         stamp("written")
 
     sidecar_client._decoded_messages = received  # type: ignore[assignment]
-    sidecar_client.SidecarClient._aio_call = staticmethod(timed_call)  # type: ignore[method-assign]
+    sidecar_client.SidecarClient._aio_call = timed_call  # type: ignore[method-assign]
     eebus_link._EventLanes.apply = timed_apply  # type: ignore[method-assign]
     jsonl._write_and_flush = timed_write
 

@@ -265,7 +265,10 @@ async def discover_with_sidecar(
                 sidecar = SidecarProcess(sidecar_command(config), grace_s=1.0)
                 await nursery.start(sidecar.run)
             async with SidecarClient(
-                SIDECAR_HOST, config.eebus.grpc_port, config.eebus.rpc_timeout_s
+                SIDECAR_HOST,
+                config.eebus.grpc_port,
+                config.eebus.rpc_timeout_s,
+                config.eebus.grpc_transport,
             ) as client:
                 if managed:
                     if not await set_config_when_ready(client, config):

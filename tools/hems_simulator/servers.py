@@ -25,7 +25,7 @@ from grpclib.server import Server
 from eebus_bridge.generated import control_service as cs
 from eebus_bridge.generated import cs_lpc
 from eebus_bridge.generated.common_types import LoadLimit
-from eebus_bridge.sidecar_client import CoalescingTransport
+from eebus_bridge.grpc_transport import CoalescingTransport
 
 from .channels import FreezeGate
 from .logs import SimLog
