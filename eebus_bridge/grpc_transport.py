@@ -6,14 +6,15 @@ message that does not decode is one bad answer whichever stack carried it. Each 
 own failures into the client's three exceptions (`SidecarRpcError`, `SidecarUnreachable`,
 `SidecarProtocolError`).
 
-- `grpclib` (the default, `[eebus] grpc_transport = "grpclib"`): pure Python, runs wherever
-  Python runs, including 32-bit ARM boards, where grpcio has no wheels. Every frame is parsed
-  and built in Python on the Trio thread: 1.2-1.4 ms of CPU per call on the benchmark machine.
+- `grpclib` (the default, `[eebus] grpc_transport = "grpclib"`): pure Python, installs and runs
+  wherever Python does (musl, Yocto images, any CPU). Every frame is parsed and built in
+  Python on the Trio thread: 1.2-1.4 ms of CPU per call on the benchmark machine.
 - `grpcio` (`grpc_transport = "grpcio"`, the `grpcio` extra): grpcio's asyncio API (grpc.aio)
   on the same island loop. The C core does the HTTP/2 work in its own thread without the GIL
-  and wakes the loop through a socket it watches with `add_reader`; 1.0 ms of CPU per call and
-  ~0.45 ms less latency (README "Performance"). Opt-in: it is a large native dependency, and
-  the bridge's contract is the pure-Python stack.
+  and wakes the loop through a socket it watches with `add_reader`; ~1.0 ms of CPU per call
+  and ~0.5 ms less latency per event (README "Performance"). Opt-in: a large native package
+  (wheels for x86-64, aarch64 and glibc armv7l; elsewhere it compiles from source, which takes
+  hours on a small board), and the pure-Python stack is the design's default.
 
 Only this module imports grpclib or grpcio (grpcio only when chosen).
 """

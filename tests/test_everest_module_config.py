@@ -279,6 +279,13 @@ def test_status_keys_map_to_the_status_section(paths: ModulePaths) -> None:
     assert problems_of(paths, status_listen="8780")[0].startswith("status_listen: must be")
 
 
+def test_grpc_transport_maps_to_the_eebus_section(paths: ModulePaths) -> None:
+    assert translate(paths).config.eebus.grpc_transport == "grpclib"
+    assert translate(paths, grpc_transport="grpcio").config.eebus.grpc_transport == "grpcio"
+    [problem] = problems_of(paths, grpc_transport="h2")
+    assert problem.startswith("grpc_transport: must be one of")
+
+
 def test_managed_binary_must_exist_and_be_executable(paths: ModulePaths) -> None:
     assert problems_of(paths, eebus_grpc_api_binary_path="bin/missing") == [
         f"eebus_grpc_api_binary_path: {paths.libexec / 'bin' / 'missing'} does not exist"

@@ -1,6 +1,6 @@
 """Where the time goes on the event path: the bridge and the minimal client, step by step.
 
-    .venv/bin/python -m tools.trace_event_path --samples 300
+    .venv/bin/python -m tools.trace_event_path --samples 300 [--grpc-transport grpcio]
 
 Runs metrics 1 and 2 of tools/bench_runtime.py (one round: the bridge in this process, then
 the minimal grpcio client in its own, on one simulator process) with clock stamps at the steps
@@ -235,7 +235,14 @@ def simulator_stamps(record: Path) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.trace_event_path")
     parser.add_argument("--samples", type=int, default=300, help="EG writes per client")
+    parser.add_argument(
+        "--grpc-transport",
+        choices=("grpclib", "grpcio"),
+        default="grpclib",
+        help="the bridge's [eebus] grpc_transport (grpclib)",
+    )
     args = parser.parse_args()
+    bench.GRPC_TRANSPORT = args.grpc_transport
     workdir = Path(tempfile.mkdtemp(prefix="trace-event-path-"))
     stamps: list[Stamp] = []
     trio.run(run_turns, args.samples, workdir, stamps)

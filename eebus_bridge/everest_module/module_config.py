@@ -73,6 +73,7 @@ EXTRA_MODULE_KEYS: dict[str, str | None] = {
     "state_file": "lpc.state_file",
     "heartbeat_timeout_s": "eebus.heartbeat_timeout_s",
     "rpc_timeout_s": "eebus.rpc_timeout_s",
+    "grpc_transport": "eebus.grpc_transport",
     "history_enabled": "history.enabled",
     "history_path": "history.path",
     "history_retention_days": "history.retention_days",
