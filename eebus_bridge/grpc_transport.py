@@ -26,7 +26,6 @@ from __future__ import annotations
 import trio_asyncio  # noqa: F401  # isort: skip
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol, TypeVar
@@ -60,16 +59,6 @@ class SidecarProtocolError(SidecarUnreachable):
     """The sidecar broke the gRPC framing of a stream (e.g. closed it mid-message)."""
 
 
-def grpcio_missing() -> str | None:
-    """Why grpc_transport = "grpcio" cannot work here, or None when it can."""
-    if importlib.util.find_spec("grpc") is None:
-        return (
-            "grpc_transport = 'grpcio' needs the grpcio package "
-            "(pip install 'eebus-bridge[grpcio]'); or use 'grpclib'"
-        )
-    return None
-
-
 class ServerStream(Protocol):
     async def recv(self) -> bytes | None:
         """The next message's bytes; None when the sidecar ends the stream."""
@@ -82,8 +71,9 @@ class Transport(Protocol):
         """One unary call with a deadline of `timeout_s`; raises the client's exceptions."""
 
     def stream(self, rpc: str, path: str, request: bytes) -> Any:
-        """An async context manager: a server stream whose request is on the wire once it
-        is entered (the handshake's order depends on that), yielding a `ServerStream`."""
+        """An async context manager yielding a `ServerStream`. Once it is entered, the request
+        is sent, or (grpcio) queued ahead of every call made after it: the handshake's order,
+        subscriptions before StartService, depends on that."""
 
     async def aclose(self) -> None:
         """Release the connection; cancels what is in flight without waiting for it."""
