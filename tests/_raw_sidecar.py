@@ -133,13 +133,16 @@ class RawSidecar:
         )
         assert receive is not None
         async for item in receive:
-            if item is CUT_MID_MESSAGE:
-                conn.send_data(stream_id, b"\x00" + struct.pack(">I", 100) + b"x" * 10)
-                conn.end_stream(stream_id)
-                await flush()
-                return
-            assert isinstance(item, bytes)
-            conn.send_data(stream_id, framed(item))
+            try:
+                if item is CUT_MID_MESSAGE:
+                    conn.send_data(stream_id, b"\x00" + struct.pack(">I", 100) + b"x" * 10)
+                    conn.end_stream(stream_id)
+                    await flush()
+                    return
+                assert isinstance(item, bytes)
+                conn.send_data(stream_id, framed(item))
+            except h2.exceptions.StreamClosedError:
+                return  # the client cancelled this subscription (RST_STREAM): it is gone
             await flush()
 
 
