@@ -48,7 +48,7 @@ from typing import Any
 import attrs
 import trio
 
-from tests._bridge_fixtures import SIMULATOR, write_config
+from tests._bridge_fixtures import GRPC_TRANSPORT, SIMULATOR, write_config
 from tests._broker import MosquittoBroker
 from tests._raw_sidecar import CUT_MID_MESSAGE, RawSidecar, open_raw_sidecar
 from tools.hems_simulator import free_tcp_port, terminate
@@ -281,7 +281,11 @@ async def bridge_process(
         grpc_port=grpc_port if grpc_port is not None else free_tcp_port(),
         manage=managed,
         sidecar={"binary": str(wrapper), **FAST_RETRIES},
-        eebus={"reconnect_delay_s": 0.2, "reconnect_delay_max_s": 0.5},
+        eebus={
+            "reconnect_delay_s": 0.2,
+            "reconnect_delay_max_s": 0.5,
+            "grpc_transport": GRPC_TRANSPORT,
+        },
         timing=TIMING,
         lpc=lpc,
         extra_outputs=extra_outputs,
@@ -653,6 +657,7 @@ async def _main(args: argparse.Namespace) -> list[CaseResult]:
 
 
 def main() -> None:
+    global GRPC_TRANSPORT
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--broker-restarts", type=int, default=20)
@@ -660,9 +665,16 @@ def main() -> None:
     parser.add_argument("--garbage-rounds", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument(
+        "--grpc-transport",
+        choices=("grpclib", "grpcio"),
+        default=GRPC_TRANSPORT,
+        help="the bridges' [eebus] grpc_transport (default: as the test configs)",
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep the bridges' files here (default: a temp dir)"
     )
     args = parser.parse_args()
+    GRPC_TRANSPORT = args.grpc_transport
     results = trio.run(_main, args)
     print(f"\nmachine: {machine()}, Python {sys.version.split()[0]}")
     print(
