@@ -32,8 +32,8 @@ UTF-8 in a string, a truncated field) is one bad answer: a unary call raises Sid
 framing breaks (closed in the middle of a message, a compressed flag nobody negotiated) cannot be
 read any further: the transport raises SidecarProtocolError (grpclib) or a SidecarRpcError with
 grpcio's status (its C core says UNKNOWN, "Stream removed"), and either way the connection is set
-up again. Values out of range
-and unknown enum numbers decode fine and are judged by the engine and the event dispatch.
+up again. Values out of range and unknown enum numbers decode fine and are judged by the engine
+and the event dispatch.
 """
 
 from __future__ import annotations
