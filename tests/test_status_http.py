@@ -18,7 +18,7 @@ import trio
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._bridge_fixtures import EG_SKI, simulated_bridge
+from tests._bridge_fixtures import EG_SKI, GRPC_TRANSPORT, simulated_bridge
 from tests._broker import LogWatcher
 from tests._status_fixtures import status_bridge, wait_for_status
 
@@ -49,6 +49,7 @@ async def test_api_status_has_every_fact_of_the_page(tmp_path: Path) -> None:
     assert status["sidecar"]["connected"] is True
     assert status["sidecar"]["managed"] is False
     assert status["sidecar"]["restarts"] == 0
+    assert status["sidecar"]["grpc_transport"] == GRPC_TRANSPORT
     [sink] = status["sinks"]
     assert sink["name"].startswith("jsonl")
     assert sink["last_delivery"]["ok"] is True

@@ -122,7 +122,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"limit         {limit}",
         f"energy guard  {eg}",
         f"failsafe      {_watts(failsafe['limit_W'])}, {_duration(failsafe['duration_s'])}",
-        f"sidecar       {process}, {sidecar['restarts']} restart(s), gRPC {link}",
+        f"sidecar       {process}, {sidecar['restarts']} restart(s), gRPC {link} "
+        f"({sidecar.get('grpc_transport', 'grpclib')})",
     ]
     for sink in status["sinks"]:
         last = sink["last_delivery"]

@@ -120,6 +120,7 @@ def status_snapshot(sources: StatusSources) -> dict[str, Any]:
             "connection_error": sidecar.connection_error,
             "endpoint": sidecar.endpoint,
             "grpc_port": sources.config.eebus.grpc_port,
+            "grpc_transport": sources.config.eebus.grpc_transport,
         },
         "sinks": [_sink(sink) for sink in tracker.sinks.values()],
         "energy_managers": [
