@@ -42,6 +42,7 @@ class RawSidecar:
     replies: dict[str, bytes] = attrs.field(factory=dict)
     framed_replies: dict[str, bytes] = attrs.field(factory=dict)
     calls: list[str] = attrs.field(factory=list)
+    settings_delay_s: float = 0.0  # how long a new connection waits for the server's SETTINGS
     use_case_events: trio.MemorySendChannel[object] | None = None
     discovery_events: trio.MemorySendChannel[object] | None = None
     _use_case_receive: trio.MemoryReceiveChannel[object] | None = None
@@ -77,6 +78,7 @@ class RawSidecar:
                     await stream.send_all(data)
 
         async with trio.open_nursery() as nursery:
+            await trio.sleep(self.settings_delay_s)
             await flush()
             try:
                 async for chunk in stream:

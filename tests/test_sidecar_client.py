@@ -83,6 +83,22 @@ async def test_nobody_listening_is_unreachable(transport: TransportName) -> None
             await client.start_setup()
 
 
+async def test_a_sidecar_slow_to_open_its_http2_connection_is_still_reached(
+    transport: TransportName,
+) -> None:
+    # A loaded board (or the suite's in-process simulator on a busy CI machine) may send its
+    # SETTINGS frame late; within the call's deadline that must not fail the connection.
+    async with (
+        open_island(),
+        open_raw_sidecar() as sidecar,
+        SidecarClient("127.0.0.1", sidecar.port, 2.0, transport) as client,
+    ):
+        sidecar.settings_delay_s = 0.3
+        with trio.fail_after(5):
+            await client.start_setup()
+        assert sidecar.calls == ["StartSetup"]
+
+
 async def test_an_answer_past_the_deadline_is_unreachable_and_the_next_call_works(
     tmp_path: Path, transport: TransportName
 ) -> None:
