@@ -26,8 +26,8 @@ from __future__ import annotations
 import trio_asyncio  # noqa: F401  # isort: skip
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, Protocol, TypeVar
 
 import grpclib.client
@@ -84,6 +84,19 @@ def open_transport(name: TransportName, host: str, port: int) -> Transport:
     if name == "grpcio":
         return _GrpcioTransport(host, port)
     return _GrpclibTransport(host, port)
+
+
+@contextmanager
+def _failures_as(translate: Callable[[Exception], BaseException]) -> Iterator[None]:
+    """Raise what `translate` makes of an exception from inside: a sidecar failure, or the
+    exception itself (re-raised as it is) when it is none."""
+    try:
+        yield
+    except Exception as exc:
+        failure = translate(exc)
+        if failure is exc:
+            raise
+        raise failure from exc
 
 
 # -- grpclib ----------------------------------------------------------------------------------
@@ -179,14 +192,13 @@ class _GrpclibStream:
 
     async def recv(self) -> bytes | None:
         try:
-            data: bytes | None = await self._stream.recv_message()
+            with _failures_as(lambda exc: _grpclib_failure(self._rpc, exc)):
+                data: bytes | None = await self._stream.recv_message()
         except _BROKEN_FRAMING as exc:
             raise SidecarProtocolError(
                 f"{self._rpc}: the sidecar broke the stream's framing "
                 f"({type(exc).__name__}: {exc or 'message cut short'})"
             ) from exc
-        except Exception as exc:
-            raise _grpclib_failure(self._rpc, exc) from exc
         return data
 
 
@@ -196,37 +208,26 @@ class _GrpclibTransport:
 
     async def unary(self, rpc: str, path: str, request: bytes, timeout_s: float) -> bytes:
         try:
-            async with self._channel.request(
-                path, Cardinality.UNARY_UNARY, bytes, bytes, timeout=timeout_s
-            ) as stream:
-                await stream.send_message(request, end=True)
-                answer: bytes | None = await stream.recv_message()
-                if answer is None:
-                    raise SidecarRpcError(rpc, "UNDECODABLE", "the sidecar sent no answer")
-                return answer
+            with _failures_as(lambda exc: _grpclib_failure(rpc, exc)):
+                async with self._channel.request(
+                    path, Cardinality.UNARY_UNARY, bytes, bytes, timeout=timeout_s
+                ) as stream:
+                    await stream.send_message(request, end=True)
+                    answer: bytes | None = await stream.recv_message()
         except _BROKEN_FRAMING as exc:
             raise SidecarRpcError(
                 rpc, "UNDECODABLE", f"the sidecar's answer is not a valid message ({exc})"
             ) from exc
-        except Exception as exc:
-            failure = _grpclib_failure(rpc, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
+        if answer is None:
+            raise SidecarRpcError(rpc, "UNDECODABLE", "the sidecar sent no answer")
+        return answer
 
     @asynccontextmanager
     async def stream(self, rpc: str, path: str, request: bytes) -> AsyncIterator[ServerStream]:
-        try:
+        with _failures_as(lambda exc: _grpclib_failure(rpc, exc)):
             async with self._channel.request(path, Cardinality.UNARY_STREAM, bytes, bytes) as call:
                 await call.send_message(request, end=True)
                 yield _GrpclibStream(call, rpc)
-        except (SidecarUnreachable, SidecarRpcError):
-            raise
-        except Exception as exc:
-            failure = _grpclib_failure(rpc, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
 
     async def aclose(self) -> None:
         self._channel.close()
@@ -271,21 +272,15 @@ def _grpcio_failure(rpc: str, exc: BaseException, *, stream: bool = False) -> Ba
 
 
 class _GrpcioStream:
-    def __init__(self, call: Any, rpc: str) -> None:
+    def __init__(self, call: Any, rpc: str, end: object) -> None:
         self._call = call
         self._rpc = rpc
+        self._end = end  # grpc.aio.EOF
 
     async def recv(self) -> bytes | None:
-        import grpc
-
-        try:
+        with _failures_as(lambda exc: _grpcio_failure(self._rpc, exc, stream=True)):
             data = await self._call.read()
-        except Exception as exc:
-            failure = _grpcio_failure(self._rpc, exc, stream=True)
-            if failure is exc:
-                raise
-            raise failure from exc
-        if data is grpc.aio.EOF:
+        if data is self._end:
             return None
         return bytes(data)
 
@@ -295,19 +290,15 @@ class _GrpcioTransport:
         import grpc.aio
 
         self._channel = grpc.aio.insecure_channel(f"{host}:{port}", options=_GRPCIO_OPTIONS)
+        self._end = grpc.aio.EOF
         self._unary: dict[str, Any] = {}
 
     async def unary(self, rpc: str, path: str, request: bytes, timeout_s: float) -> bytes:
         method = self._unary.get(path)
         if method is None:  # no (de)serializers: bytes in and out
             method = self._unary[path] = self._channel.unary_unary(path)
-        try:
+        with _failures_as(lambda exc: _grpcio_failure(rpc, exc)):
             return bytes(await method(request, timeout=timeout_s))
-        except Exception as exc:
-            failure = _grpcio_failure(rpc, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
 
     @asynccontextmanager
     async def stream(self, rpc: str, path: str, request: bytes) -> AsyncIterator[ServerStream]:
@@ -317,7 +308,7 @@ class _GrpcioTransport:
             # a channel in the order they were handed over. (wait_for_connection() would also
             # wait for the sidecar's response headers, which come with its first event.)
             await asyncio.sleep(0)
-            yield _GrpcioStream(call, rpc)
+            yield _GrpcioStream(call, rpc, self._end)
         finally:
             call.cancel()
 

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -35,6 +34,7 @@ from eebus_bridge.sinks.mqtt import (
     MqttSettings,
     open_mqtt_connection,
 )
+from tools.hems_simulator import terminate
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -228,16 +228,8 @@ class MosquittoBroker:
     async def stop(self) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL); clients see their connections end."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(_STOP_TIMEOUT_S):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        if process is not None:
+            await terminate(process, grace=_STOP_TIMEOUT_S)
 
     async def restart(self) -> None:
         await self.stop()

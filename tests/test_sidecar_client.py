@@ -25,7 +25,7 @@ from eebus_bridge.sidecar_client import (
     SidecarUnreachable,
 )
 from tests._bridge_fixtures import write_config
-from tests._raw_sidecar import open_raw_sidecar
+from tests._raw_sidecar import RawSidecar, open_raw_sidecar
 from tools.hems_simulator import HemsSimulator, open_hems_simulator
 
 pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
@@ -47,6 +47,19 @@ async def connected(
         await client.start_setup()
         await client.connect_lpc(await client.add_use_case())
         yield sim, client
+
+
+@asynccontextmanager
+async def raw_connected(
+    transport: TransportName,
+) -> AsyncIterator[tuple[RawSidecar, SidecarClient]]:
+    """The raw HTTP/2 sidecar (tests/_raw_sidecar.py) and a client of it (no call made yet)."""
+    async with (
+        open_island(),
+        open_raw_sidecar() as sidecar,
+        SidecarClient("127.0.0.1", sidecar.port, 2.0, transport) as client,
+    ):
+        yield sidecar, client
 
 
 async def test_calls_carry_the_values(tmp_path: Path, transport: TransportName) -> None:
@@ -88,11 +101,7 @@ async def test_a_sidecar_slow_to_open_its_http2_connection_is_still_reached(
 ) -> None:
     # A loaded board (or the suite's in-process simulator on a busy CI machine) may send its
     # SETTINGS frame late; within the call's deadline that must not fail the connection.
-    async with (
-        open_island(),
-        open_raw_sidecar() as sidecar,
-        SidecarClient("127.0.0.1", sidecar.port, 2.0, transport) as client,
-    ):
+    async with raw_connected(transport) as (sidecar, client):
         sidecar.settings_delay_s = 0.3
         with trio.fail_after(5):
             await client.start_setup()
@@ -114,11 +123,7 @@ async def test_an_answer_past_the_deadline_is_unreachable_and_the_next_call_work
 async def test_an_answer_that_does_not_decode_is_one_bad_answer(
     transport: TransportName,
 ) -> None:
-    async with (
-        open_island(),
-        open_raw_sidecar() as sidecar,
-        SidecarClient("127.0.0.1", sidecar.port, 2.0, transport) as client,
-    ):
+    async with raw_connected(transport) as (sidecar, client):
         await client.connect_lpc(f"127.0.0.1:{sidecar.port}")
         sidecar.replies["ConsumptionLimit"] = b"\x0a\x05\x25\xff"  # cut inside a double
         with pytest.raises(SidecarRpcError) as caught:

@@ -127,6 +127,7 @@ import attrs
 import trio
 
 from eebus_bridge.config import load_config
+from eebus_bridge.grpc_transport import TRANSPORTS
 from eebus_bridge.island import open_island
 from eebus_bridge.lpc import Decision, Heartbeat, Input
 from eebus_bridge.publication import LatestValue, Publication
@@ -1460,7 +1461,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flood-seconds", type=float, default=10.0, help="metric 7 (10 s)")
     parser.add_argument(
         "--grpc-transport",
-        choices=("grpclib", "grpcio"),
+        choices=TRANSPORTS,
         default="grpclib",
         help="the bridge's [eebus] grpc_transport (grpclib)",
     )

@@ -48,6 +48,7 @@ from typing import Any
 import attrs
 import trio
 
+from eebus_bridge.grpc_transport import TRANSPORTS
 from tests._bridge_fixtures import GRPC_TRANSPORT, SIMULATOR, write_config
 from tests._broker import MosquittoBroker
 from tests._raw_sidecar import CUT_MID_MESSAGE, RawSidecar, open_raw_sidecar
@@ -666,7 +667,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument(
         "--grpc-transport",
-        choices=("grpclib", "grpcio"),
+        choices=TRANSPORTS,
         default=GRPC_TRANSPORT,
         help="the bridges' [eebus] grpc_transport (default: as the test configs)",
     )

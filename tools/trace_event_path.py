@@ -36,6 +36,7 @@ import trio
 
 import tools.bench_runtime as bench
 from eebus_bridge import eebus_link, sidecar_client
+from eebus_bridge.grpc_transport import TRANSPORTS
 from eebus_bridge.sinks import jsonl
 
 Stamp = tuple[float, str, str]  # (monotonic, step, detail)
@@ -237,7 +238,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="EG writes per client")
     parser.add_argument(
         "--grpc-transport",
-        choices=("grpclib", "grpcio"),
+        choices=TRANSPORTS,
         default="grpclib",
         help="the bridge's [eebus] grpc_transport (grpclib)",
     )
