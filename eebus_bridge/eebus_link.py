@@ -483,6 +483,9 @@ class _EventLanes:
             WriteApprovalRequired(ski=ski, pending=new, sidecar_heartbeat_within=heartbeat_within)
         )
 
+    def answers_sent(self) -> None:
+        self._runner.answers_sent()
+
     def rpc_refused(self, event: UseCaseEvent, error: SidecarRpcError) -> None:
         # The sidecar is alive but could not give the value or take the answer: keep going.
         log.warning("event %s from %s: %s", event.name, event.ski or "<no SKI>", error)

@@ -67,8 +67,20 @@ class ServerStream(Protocol):
 class Transport(Protocol):
     """One gRPC channel (one HTTP/2 connection) to a sidecar service; asyncio side only."""
 
-    async def unary(self, rpc: str, path: str, request: bytes, timeout_s: float) -> bytes:
-        """One unary call with a deadline of `timeout_s`; raises the client's exceptions."""
+    async def unary(
+        self,
+        rpc: str,
+        path: str,
+        request: bytes,
+        timeout_s: float,
+        on_sent: Callable[[], None] | None = None,
+    ) -> bytes:
+        """One unary call with a deadline of `timeout_s`; raises the client's exceptions.
+
+        `on_sent` is called (from the loop) once the request has left: handed to the socket
+        (grpclib) or to the C core (grpcio), before the answer comes; not when the call fails
+        before that. For work that should not delay the request but need not wait for the
+        answer either."""
 
     def stream(self, rpc: str, path: str, request: bytes) -> Any:
         """An async context manager yielding a `ServerStream`. Once it is entered, the request
@@ -206,13 +218,23 @@ class _GrpclibTransport:
     def __init__(self, host: str, port: int) -> None:
         self._channel = _CoalescingChannel(host, port, codec=_BytesCodec())
 
-    async def unary(self, rpc: str, path: str, request: bytes, timeout_s: float) -> bytes:
+    async def unary(
+        self,
+        rpc: str,
+        path: str,
+        request: bytes,
+        timeout_s: float,
+        on_sent: Callable[[], None] | None = None,
+    ) -> bytes:
         try:
             with _failures_as(lambda exc: _grpclib_failure(rpc, exc)):
                 async with self._channel.request(
                     path, Cardinality.UNARY_UNARY, bytes, bytes, timeout=timeout_s
                 ) as stream:
                     await stream.send_message(request, end=True)
+                    if on_sent is not None:
+                        # After the CoalescingTransport's flush, which the frames queued.
+                        asyncio.get_running_loop().call_soon(on_sent)
                     answer: bytes | None = await stream.recv_message()
         except _BROKEN_FRAMING as exc:
             raise SidecarRpcError(
@@ -293,12 +315,23 @@ class _GrpcioTransport:
         self._end = grpc.aio.EOF
         self._unary: dict[str, Any] = {}
 
-    async def unary(self, rpc: str, path: str, request: bytes, timeout_s: float) -> bytes:
+    async def unary(
+        self,
+        rpc: str,
+        path: str,
+        request: bytes,
+        timeout_s: float,
+        on_sent: Callable[[], None] | None = None,
+    ) -> bytes:
         method = self._unary.get(path)
         if method is None:  # no (de)serializers: bytes in and out
             method = self._unary[path] = self._channel.unary_unary(path)
         with _failures_as(lambda exc: _grpcio_failure(rpc, exc)):
-            return bytes(await method(request, timeout=timeout_s))
+            call = method(request, timeout=timeout_s)
+            if on_sent is not None:
+                # After the call's first step, which hands the request to the C core.
+                asyncio.get_running_loop().call_soon(on_sent)
+            return bytes(await call)
 
     @asynccontextmanager
     async def stream(self, rpc: str, path: str, request: bytes) -> AsyncIterator[ServerStream]:

@@ -50,7 +50,8 @@ class LatestValue(Generic[T]):
     A reader that hands values to a thread of its own (the jsonl sink) can instead watch the
     cell (`watching`): its callback is called inside `set`, so the hand-over does not wait until
     the setter's work is done and the reader's task is scheduled. A watcher must only hand over
-    (no I/O, no raising): it runs on the setter's stack, in the middle of the engine's decisions.
+    (no I/O, no raising, a wait only if short and bounded: the jsonl sink waits up to 2 ms for
+    its thread's line): it runs on the setter's stack, in the middle of the engine's decisions.
     """
 
     def __init__(self) -> None:

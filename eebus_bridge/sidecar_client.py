@@ -21,7 +21,9 @@ takes one of three lanes, chosen by the caller's `EventLanes.route` (plain, sync
   queued twice (it will return the newest value anyway), so the queue stays small;
 - approval: a second asyncio task reads the pending writes after each WriteApprovalRequired
   (again one read at a time, queued reads merged the same way: a burst of writes needs one or
-  two reads, not one each), asks `EventLanes.decide` and sends every answer in its own task.
+  two reads, not one each), asks `EventLanes.decide` and sends every answer in its own task
+  (calling `EventLanes.answers_sent` once the request has left, so the engine's reports of the
+  decision do not delay it).
   It never waits for the data lane, for an answer, or for any other RPC in flight; each RPC
   keeps its own deadline [spec/lpc.md: every pending write gets an answer well within 10 s,
   also while other work is in flight].
@@ -157,7 +159,11 @@ class EventLanes(Protocol):
     def decide(
         self, event: UseCaseEvent, pending: PendingWrites, heartbeat_within: bool | None
     ) -> list[Answer]:
-        """The answers to these pending writes."""
+        """The answers to these pending writes; call `answers_sent` once they are sent."""
+
+    def answers_sent(self) -> None:
+        """The answers `decide` returned are on their way (or failed): the engine's reports of
+        that decision (log lines, activity records) are made now (lpc_runner.py)."""
 
     def rpc_refused(self, event: UseCaseEvent, error: SidecarRpcError) -> None:
         """A read or answer for this event got an error status (logged; the lane goes on)."""
@@ -293,10 +299,18 @@ class SidecarClient:
             raise SidecarUnreachable("control channel is not open")
         return channel
 
-    async def _aio_call(self, service: str, rpc: str, request: Any, response: type[M]) -> M:
-        """asyncio side: one unary RPC under the transport's deadline, failures translated."""
+    async def _aio_call(
+        self,
+        service: str,
+        rpc: str,
+        request: Any,
+        response: type[M],
+        on_sent: Callable[[], None] | None = None,
+    ) -> M:
+        """asyncio side: one unary RPC under the transport's deadline, failures translated
+        (on_sent: see Transport.unary)."""
         answer = await self._channel(service).unary(
-            rpc, service + rpc, bytes(request), self._timeout
+            rpc, service + rpc, bytes(request), self._timeout, on_sent
         )
         try:
             return response.parse(answer)
@@ -422,7 +436,7 @@ class SidecarClient:
             Answer(msg_counter=msg_counter, approve=approve, reason=reason)
         )
 
-    async def _aio_answer(self, answer: Answer) -> None:
+    async def _aio_answer(self, answer: Answer, on_sent: Callable[[], None] | None = None) -> None:
         await self._aio_call(
             LPC_SERVICE,
             "ApproveOrDenyConsumptionLimit",
@@ -430,6 +444,7 @@ class SidecarClient:
                 msg_counter=answer.msg_counter, approve=answer.approve, reason=answer.reason
             ),
             cs_lpc.ApproveOrDenyConsumptionLimitResponse,
+            on_sent,
         )
 
     async def failsafe_limit(self) -> float:
@@ -557,10 +572,15 @@ class SidecarClient:
                 answers.create_task(self._send_answer(event, answer, lanes))
 
     async def _send_answer(self, event: UseCaseEvent, answer: Answer, lanes: EventLanes) -> None:
+        error: SidecarRpcError | None = None
         try:
-            await self._aio_answer(answer)
+            await self._aio_answer(answer, on_sent=lanes.answers_sent)
         except SidecarRpcError as exc:
-            lanes.rpc_refused(event, exc)
+            error = exc
+        finally:
+            lanes.answers_sent()  # failed or cancelled before the request left: report now
+        if error is not None:
+            lanes.rpc_refused(event, error)
 
     async def stream_discovery_events(
         self, out: trio.MemorySendChannel[DiscoveryEvent], subscribed: trio.Event

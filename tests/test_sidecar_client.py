@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_asyncio
 
 from eebus_bridge.config import load_config
 from eebus_bridge.eebus_link import set_config_request
 from eebus_bridge.grpc_transport import TRANSPORTS, TransportName
 from eebus_bridge.island import open_island
-from eebus_bridge.lpc import SidecarLimit
+from eebus_bridge.lpc import Answer, SidecarLimit
 from eebus_bridge.sidecar_client import (
     NOT_IN_SETUP,
     DiscoveryEvent,
@@ -149,3 +150,27 @@ async def test_a_stream_subscription_goes_out_before_the_next_call(
             event = await receive.receive()
         assert (event.kind, event.ski) == ("DISCOVERED", sim.eg.ski)
         nursery.cancel_scope.cancel()
+
+
+async def test_on_sent_comes_once_the_request_left_and_before_the_answer(
+    tmp_path: Path, transport: TransportName
+) -> None:
+    """The approval lane makes the engine's reports of a decision in `on_sent`: after the
+    answer went out (so they do not delay it), without waiting for the sidecar's reply."""
+    async with connected(tmp_path, transport) as (sim, client):
+        held = sim.hold_rpc("cs_lpc.ApproveOrDenyConsumptionLimit", 1.0)
+        sent: list[tuple[float, bool]] = []
+
+        def on_sent() -> None:
+            sent.append((trio.current_time(), held.finished.is_set()))
+
+        answer = Answer(msg_counter=7, approve=False, reason="test")
+        await trio_asyncio.aio_as_trio(client._aio_answer)(answer, on_sent)
+        answered = trio.current_time()
+        assert held.started.is_set()  # the request reached the sidecar
+        assert len(sent) == 1
+        sent_at, reply_was_sent = sent[0]
+        assert not reply_was_sent
+        assert answered - sent_at >= 0.5  # generous: the reply was held for 1 s
+        await trio_asyncio.aio_as_trio(client._aio_answer)(answer, on_sent)  # not held
+        assert len(sent) == 2

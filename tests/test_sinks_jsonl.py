@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import trio
 from eebus_bridge.backoff import BackoffPolicy
 from eebus_bridge.config import JsonlOutput
 from eebus_bridge.publication import LatestValue, Publication
+from eebus_bridge.sinks import jsonl
 from eebus_bridge.sinks.jsonl import JsonlSink, jsonl_line
 from tests._broker import LogWatcher
 from tests._publications import NOW_TEXT, limited, unlimited
@@ -187,3 +190,82 @@ async def test_a_line_published_just_before_the_shutdown_is_written(tmp_path: Pa
         nursery.cancel_scope.cancel()
     assert [_limit_of(line) for line in _read_lines(path)] == [1000.0, 3000.0]
     assert not [t for t in threading.enumerate() if t.name.endswith(" writer") and t.is_alive()]
+
+
+async def _until_idle(writer: jsonl._LineWriter) -> None:
+    with trio.fail_after(5):
+        while True:  # polled: the flag is the thread's (a plain bool, set when it waits)
+            if writer._idle:
+                return
+            await trio.sleep(0.001)
+
+
+async def test_an_idle_writer_has_written_the_line_when_the_hand_over_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over waits (without the GIL) for an idle writer thread to write the line, so
+    the line is in the file without waiting for the Trio thread to idle (module docstring)."""
+    monkeypatch.setattr(jsonl, "HAND_OVER_WAIT_S", 30.0)  # generous: the mechanism, not speed
+    path = tmp_path / "limits.jsonl"
+    delivered: list[tuple[int, str | None]] = []
+    writer = jsonl._LineWriter(path.open("a", encoding="utf-8"), "test", _append_to(delivered))
+    try:
+        for version, value in enumerate((1000.0, 2000.0, 3000.0), start=1):
+            await _until_idle(writer)
+            writer.offer(version, limited(value))
+            # No checkpoint since the offer: the line is there already.
+            assert [_limit_of(line) for line in _read_lines(path)][-1] == value
+    finally:
+        await writer.stop()
+    assert delivered == [(1, None), (2, None), (3, None)]
+
+
+def _append_to(delivered: list[tuple[int, str | None]]) -> Callable[[int, str | None], None]:
+    return lambda version, error: delivered.append((version, error))
+
+
+class _StuckStream(io.StringIO):
+    """A stream whose writes block until released (a disk that stopped answering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait()
+        return super().write(text)
+
+    def close(self) -> None:  # keep the text readable after the writer closed it
+        pass
+
+
+async def test_a_busy_writer_does_not_hold_up_the_next_hand_overs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that does not return costs one hand-over its bounded wait; later ones do not
+    wait at all, and the newest publication is written once the stream moves again."""
+    monkeypatch.setattr(jsonl, "HAND_OVER_WAIT_S", 2.0)
+    stream = _StuckStream()
+    delivered: list[tuple[int, str | None]] = []
+    writer = jsonl._LineWriter(stream, "test", _append_to(delivered))
+    try:
+        await _until_idle(writer)
+        start = time.monotonic()
+        writer.offer(1, limited(1000.0))  # the thread takes it and gets stuck in write()
+        waited = time.monotonic() - start
+        writer.offer(2, limited(2000.0))
+        writer.offer(3, limited(3000.0))
+        not_waited = time.monotonic() - start - waited
+        assert waited >= 1.9  # it waited for the stuck thread, up to the bound
+        assert not_waited < 1.0  # generous: without the rule this would be 4 s
+        stream.release.set()
+        with trio.fail_after(5):
+            while True:  # reported from the thread through run_sync_soon
+                if len(delivered) == 2:
+                    break
+                await trio.sleep(0.01)
+    finally:
+        stream.release.set()
+        await writer.stop()
+    assert [_limit_of(line) for line in stream.getvalue().splitlines()] == [1000.0, 3000.0]
+    assert delivered == [(1, None), (3, None)]

@@ -58,9 +58,11 @@ def install_bridge_stamps(stamps: list[Stamp]) -> None:
 
     call = sidecar_client.SidecarClient._aio_call
 
-    async def timed_call(self: Any, service: str, rpc: str, request: Any, response: Any) -> Any:
+    async def timed_call(
+        self: Any, service: str, rpc: str, request: Any, response: Any, on_sent: Any = None
+    ) -> Any:
         stamp("sent", rpc)
-        result = await call(self, service, rpc, request, response)
+        result = await call(self, service, rpc, request, response, on_sent)
         stamp("answered", rpc)
         return result
 

@@ -7,17 +7,21 @@ file (or a test) sees it immediately.
 Writes happen in one thread per open file (`_LineWriter`), never on the Trio thread: a slow
 disk or a stdout pipe nobody drains stalls only this sink's thread, never the Trio loop. The
 sink watches the publications cell (`LatestValue.watching`), so a publication is handed to the
-thread inside the engine's `set`, without waiting for the sink's task to be scheduled. Handing
-over is a lock and a notify; the line is formatted in the thread. A thread that is stuck in a
-write keeps only the newest publication waiting (latest-value semantics, like every sink):
-stale lines are skipped, never queued. Deliveries and failures are reported back to the Trio
-thread, where they are recorded and where a failed write leads to a reopen with backoff.
+thread inside the engine's `set`, without waiting for the sink's task to be scheduled. The line
+is formatted in the thread. A thread that is stuck in a write keeps only the newest
+publication waiting (latest-value semantics, like every sink): stale lines are skipped, never
+queued. Deliveries and failures are reported back to the Trio thread, where they are recorded
+and where a failed write leads to a reopen with backoff.
 
-(Before, each line went through `trio.to_thread.run_sync` from the sink's task. Measured with
-tools/trace_event_path.py, read value -> line in the file went from 0.71 to 0.65 ms: the thread
-still waits for the GIL until the Trio thread idles. What the design buys besides: a line
-published just before a shutdown still reaches the file, and a stuck write keeps exactly one
-publication waiting; README "Performance".)
+The hand-over waits for the line, briefly. A Python thread runs only while it holds the GIL,
+and the Trio thread, busy with the rest of the publication, gave it up only when it next
+idled: a line reached the file ~0.45 ms after it was handed over, against ~0.06 ms to format
+and write it (tools/trace_event_path.py). So when the writer is idle, `offer` waits until the
+line is written, at most HAND_OVER_WAIT_S, without the GIL (a condition wait): the thread
+writes at once. A write that takes longer goes on in the thread while the bridge carries on,
+and while the thread is still busy with a line, offers do not wait at all. A stuck disk or a
+pipe nobody reads therefore costs the loop HAND_OVER_WAIT_S once, not per line. (Writing on the
+Trio thread itself would be as fast, but a blocked write would stall it without bound.)
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from eebus_bridge.publication import LatestValue, Publication
 logger = logging.getLogger(__name__)
 
 STOP_WAIT_S = 0.5  # how long a stopping sink waits for its writer thread's last line
+HAND_OVER_WAIT_S = 0.002  # how long a publication waits for an idle writer's line (docstring)
 
 
 def jsonl_line(publication: Publication) -> str:
@@ -106,11 +111,11 @@ def _write_and_flush(stream: TextIO, line: str) -> None:
 class _LineWriter:
     """The thread that writes one open stream's lines (module docstring).
 
-    Trio side: `offer` (a watcher of the publications cell), `failed` (waits for the first
-    failed write and raises it), `stop`. Thread side: takes the newest offered publication,
-    formats and writes it, reports the outcome to the Trio thread (`delivered(version, error)`
-    is called there), and on stop writes what is still offered, closes the stream it owns and
-    ends.
+    Trio side: `offer` (a watcher of the publications cell; waits up to HAND_OVER_WAIT_S for
+    an idle thread to write the line), `failed` (waits for the first failed write and raises
+    it), `stop`. Thread side: takes the newest offered publication, formats and writes it,
+    reports the outcome to the Trio thread (`delivered(version, error)` is called there), and
+    on stop writes what is still offered, closes the stream it owns and ends.
     """
 
     def __init__(
@@ -124,6 +129,8 @@ class _LineWriter:
         self._wake = threading.Condition()
         self._offered: tuple[int, Publication] | None = None  # guarded by _wake
         self._stopping = False  # guarded by _wake
+        self._idle = False  # guarded by _wake: the thread waits for a line to write
+        self._done = 0  # guarded by _wake: the version last written (or given up on)
         self._failure: OSError | None = None
         self._failed = trio.Event()
         self._thread = threading.Thread(target=self._work, name=f"{name} writer", daemon=True)
@@ -135,6 +142,8 @@ class _LineWriter:
         with self._wake:
             self._offered = (version, publication)  # an older one not yet taken is skipped
             self._wake.notify()
+            if self._idle:  # let the thread write now (module docstring)
+                self._wake.wait_for(lambda: self._done >= version, HAND_OVER_WAIT_S)
 
     async def failed(self) -> None:
         """Wait until a write fails, then raise its OSError."""
@@ -164,12 +173,24 @@ class _LineWriter:
         try:
             while True:
                 with self._wake:
+                    self._idle = True
                     while self._offered is None and not self._stopping:
                         self._wake.wait()
+                    self._idle = False
                     offered, self._offered = self._offered, None
                     stopping = self._stopping
-                if offered is not None and not self._write(*offered):
-                    return
+                if offered is not None:
+                    version, publication = offered
+                    line = self._line(version, publication)
+                    error = None if line is None else self._write(line)
+                    with self._wake:
+                        self._done = version
+                        self._wake.notify_all()  # an offer waiting for this line
+                    if line is not None:
+                        with contextlib.suppress(trio.RunFinishedError):  # the bridge is gone
+                            self._token.run_sync_soon(self._report, version, error)
+                    if error is not None:
+                        return  # the stream is done for; the sink reopens it
                 if stopping and offered is None:
                     return
         finally:
@@ -178,18 +199,18 @@ class _LineWriter:
                 with contextlib.suppress(OSError):
                     self._stream.close()
 
-    def _write(self, version: int, publication: Publication) -> bool:
-        """Write one line; False after a failed write (the stream is done for)."""
+    def _line(self, version: int, publication: Publication) -> str | None:
+        """The line to write; None for a publication JSON cannot carry (skipped, logged)."""
         try:
-            line = jsonl_line(publication) + "\n"
-        except ValueError as exc:  # a value JSON cannot carry: skip this one, say why
+            return jsonl_line(publication) + "\n"
+        except ValueError as exc:
             logger.error("%s: publication %d not written: %s", self._name, version, exc)
-            return True
-        error: OSError | None = None
+            return None
+
+    def _write(self, line: str) -> OSError | None:
+        """Write and flush one line; returns the error of a failed write."""
         try:
             _write_and_flush(self._stream, line)
         except OSError as exc:
-            error = exc
-        with contextlib.suppress(trio.RunFinishedError):  # the bridge is gone: nobody to tell
-            self._token.run_sync_soon(self._report, version, error)
-        return error is None
+            return exc
+        return None
