@@ -347,6 +347,7 @@ class LpcRunner:
             changes.close()
 
     def _check_clock_step(self) -> None:
+        self.answers_sent()  # held reports before a re-publication's, as before any input's
         now = trio.current_time()
         step = self._wall_clock().timestamp() - now - self._published_offset
         last = self._last_publish

@@ -7,11 +7,16 @@ the minimal grpcio client in its own, on one simulator process) with clock stamp
 both have in common, and prints the median and p90 of each step in milliseconds:
 
     publication: simulator emits DataUpdateLimit -> event received -> ConsumptionLimit read sent
-                 -> read answered -> (bridge: input applied to the engine, which hands the
-                 publication to the JSONL sink's thread) -> line written and flushed
+                 -> the simulator has computed its answer -> answer received -> (bridge: input
+                 applied to the engine, which hands the publication to the JSONL sink's thread)
+                 -> line written and flushed
     approval:    simulator emits WriteApprovalRequired -> event received -> PendingConsumptionLimit
-                 sent -> answered -> (bridge: engine decided, answer sent) -> approval recorded
-                 by the simulator
+                 sent -> the simulator has computed its answer -> answer received -> (bridge:
+                 engine decided, answer sent) -> approval recorded by the simulator
+
+The simulator's stamp inside each read (its record of the RPC, made when the answer is ready
+and about to be sent) splits the read into the way there and the way back, so a step that is
+slower for the bridge than for the minimal client shows on which side of the wire it is.
 
 The bridge's stamps come from thin wrappers around the functions of those steps (installed
 before the bridge starts, one `time.monotonic()` and a list append each), the minimal client
@@ -78,7 +83,7 @@ def install_bridge_stamps(stamps: list[Stamp]) -> None:
         write(stream, line)
         stamp("written")
 
-    sidecar_client._decoded_messages = received  # type: ignore[assignment]
+    sidecar_client._decoded_messages = received
     sidecar_client.SidecarClient._aio_call = timed_call  # type: ignore[method-assign]
     eebus_link._EventLanes.apply = timed_apply  # type: ignore[method-assign]
     jsonl._write_and_flush = timed_write
@@ -109,10 +114,34 @@ def _rows(title: str, names: list[str], chains: list[list[float]]) -> list[str]:
     for k, name in enumerate(names):
         spans = sorted((chain[k + 1] - chain[k]) * 1000 for chain in chains)
         p90 = spans[min(len(spans) - 1, int(len(spans) * 0.9))]
-        rows.append(f"  {name:44s} {statistics.median(spans):6.3f} / {p90:6.3f}")
+        rows.append(f"  {name:52s} {statistics.median(spans):6.3f} / {p90:6.3f}")
     totals = sorted((chain[-1] - chain[0]) * 1000 for chain in chains)
-    rows.append(f"  {'total':44s} {statistics.median(totals):6.3f}")
+    rows.append(f"  {'total':52s} {statistics.median(totals):6.3f}")
     return rows
+
+
+def _split_read(chain: list[float], answered_by_sim: list[float], sent: int) -> list[float]:
+    """The chain with the simulator's stamp of the read sent at chain[sent] inserted after it
+    (empty when the simulator has none before the answer arrived)."""
+    stamp = _next(answered_by_sim, chain[sent])
+    if stamp is None or stamp > chain[sent + 1]:
+        return []
+    return [*chain[: sent + 1], stamp, *chain[sent + 1 :]]
+
+
+PUBLICATION_STEPS = [
+    "emitted -> received",
+    "received -> read sent",
+    "read sent -> simulator answers it",
+    "simulator answers -> answer received",
+    "answer received -> line written",
+]
+APPROVAL_STEPS = [
+    "emitted -> received",
+    "received -> pending read sent",
+    "pending read sent -> simulator answers it",
+    "simulator answers -> answer received",
+]
 
 
 def bridge_report(stamps: list[Stamp], sim_events: dict[str, list[float]]) -> list[str]:
@@ -131,43 +160,34 @@ def bridge_report(stamps: list[Stamp], sim_events: dict[str, list[float]]) -> li
         ("sent", "ApproveOrDenyConsumptionLimit"),
     ]
     publications = [
-        chain
+        split
         for emitted in sim_events["DataUpdateLimit"]
         if (chain := _follow(stamps, times, emitted, publication_steps))
         and chain[-1] - emitted < 0.05
+        if (split := _split_read(chain, sim_events["ConsumptionLimit"], 2))
     ]
     # When apply() returned, measured from the same answer (the line is handed over inside it
-    # and may be written before or after it returns).
+    # and is written before it returns when the writer thread was idle).
     applied = [
-        [chain[3], after[1]]
+        [chain[4], after[1]]
         for chain in publications
-        if (after := _follow(stamps, times, chain[3], [("applied", "DataUpdateLimit")]))
+        if (after := _follow(stamps, times, chain[4], [("applied", "DataUpdateLimit")]))
     ]
     approvals = [
-        [*chain, recorded]
+        [*split, recorded]
         for emitted in sim_events["WriteApprovalRequired"]
         if (chain := _follow(stamps, times, emitted, approval_steps)) and chain[-1] - emitted < 0.05
+        if (split := _split_read(chain, sim_events["PendingConsumptionLimit"], 2))
         if (recorded := _next(sim_events["approval"], chain[-1])) is not None
     ]
     return [
-        *_rows(
-            "bridge, publication",
-            [
-                "emitted -> received",
-                "received -> read sent",
-                "read sent -> answered",
-                "answered -> line written",
-            ],
-            publications,
-        ),
-        *_rows("bridge, the same reads", ["answered -> input applied (engine, log)"], applied),
+        *_rows("bridge, publication", PUBLICATION_STEPS, publications),
+        *_rows("bridge, the same reads", ["answer received -> input applied"], applied),
         *_rows(
             "bridge, approval",
             [
-                "emitted -> received",
-                "received -> pending read sent",
-                "pending read sent -> answered",
-                "answered -> answer sent (engine decided)",
+                *APPROVAL_STEPS,
+                "answer received -> answer sent (engine decided)",
                 "answer sent -> approval recorded",
             ],
             approvals,
@@ -176,7 +196,8 @@ def bridge_report(stamps: list[Stamp], sim_events: dict[str, list[float]]) -> li
 
 
 def minimal_report(trace: Path, sim_events: dict[str, list[float]]) -> list[str]:
-    publications, approvals = [], []
+    publications: list[list[float]] = []
+    approvals: list[list[float]] = []
     for line in trace.read_text().splitlines():
         kind, *values = line.split()
         stamps = [float(v) for v in values]
@@ -184,7 +205,10 @@ def minimal_report(trace: Path, sim_events: dict[str, list[float]]) -> list[str]
         index = bisect.bisect_right(emitted_list, stamps[0]) - 1
         if index < 0 or stamps[0] - emitted_list[index] > 0.05:
             continue
-        chain = [emitted_list[index], *stamps]
+        read = "ConsumptionLimit" if kind == "D" else "PendingConsumptionLimit"
+        chain = _split_read([emitted_list[index], *stamps], sim_events[read], 2)
+        if not chain:
+            continue
         if kind == "W":
             recorded = _next(sim_events["approval"], stamps[-1])
             if recorded is None:
@@ -192,24 +216,10 @@ def minimal_report(trace: Path, sim_events: dict[str, list[float]]) -> list[str]
             chain.append(recorded)
         (publications if kind == "D" else approvals).append(chain)
     return [
-        *_rows(
-            "minimal client, publication",
-            [
-                "emitted -> received",
-                "received -> read sent",
-                "read sent -> answered",
-                "answered -> line written",
-            ],
-            publications,
-        ),
+        *_rows("minimal client, publication", PUBLICATION_STEPS, publications),
         *_rows(
             "minimal client, approval",
-            [
-                "emitted -> received",
-                "received -> pending read sent",
-                "pending read sent -> answered",
-                "answered -> approval recorded",
-            ],
+            [*APPROVAL_STEPS, "answer received -> approval recorded (incl. sending)"],
             approvals,
         ),
     ]
@@ -222,16 +232,19 @@ async def run_turns(samples: int, workdir: Path, stamps: list[Stamp]) -> None:
 
 
 def simulator_stamps(record: Path) -> dict[str, list[float]]:
-    """Emitted DataUpdateLimit / WriteApprovalRequired events and approvals, sorted."""
+    """Emitted DataUpdateLimit / WriteApprovalRequired events, approvals, and the simulator's
+    records of the two reads (made when each answer is ready), sorted."""
     found: dict[str, list[float]] = {"DataUpdateLimit": [], "WriteApprovalRequired": []}
-    found["approval"] = []
+    found.update(approval=[], ConsumptionLimit=[], PendingConsumptionLimit=[])
     for line in record.read_text().splitlines():
         entry = json.loads(line)
-        emitted = entry["kind"] == "event" and entry.get("outcome") == "emitted"
-        if entry["kind"] == "approval" or (emitted and entry["name"] in found):
-            found["approval" if entry["kind"] == "approval" else entry["name"]].append(
-                float(entry["mono"])
-            )
+        kind, name = entry["kind"], entry.get("name") or entry.get("method", "")
+        if kind == "approval":
+            found["approval"].append(float(entry["mono"]))
+        elif kind == "event" and entry.get("outcome") == "emitted" and name in found:
+            found[name].append(float(entry["mono"]))
+        elif kind == "rpc" and name.startswith("cs_lpc.") and name[7:] in found:
+            found[name[7:]].append(float(entry["mono"]))
     return {name: sorted(times) for name, times in found.items()}
 
 
