@@ -77,10 +77,11 @@ class Transport(Protocol):
     ) -> bytes:
         """One unary call with a deadline of `timeout_s`; raises the client's exceptions.
 
-        `on_sent` is called (from the loop) once the request has left: handed to the socket
-        (grpclib) or to the C core (grpcio), before the answer comes; not when the call fails
-        before that. For work that should not delay the request but need not wait for the
-        answer either."""
+        `on_sent` is called at most once, from the loop, once the request is on its way:
+        after its frames went to the socket (grpclib; not called when there was no connection
+        to send on) or after the call was handed to the C core (grpcio, which may still fail
+        to deliver it). Before the answer comes, so work that should neither delay the request
+        nor wait for the answer can run there."""
 
     def stream(self, rpc: str, path: str, request: bytes) -> Any:
         """An async context manager yielding a `ServerStream`. Once it is entered, the request
