@@ -48,6 +48,10 @@ class DeviceConfig:
     country: str = "DE"  # ISO 3166-1 alpha-2; C of the SHIP certificate `cert create` makes
 
 
+# The sidecar client's HTTP/2 stacks ([eebus] grpc_transport; grpc_transport.py implements them).
+GrpcTransportName = Literal["grpclib", "grpcio"]
+
+
 @attrs.frozen
 class EebusConfig:
     ship_port: int = 4715
@@ -60,7 +64,7 @@ class EebusConfig:
     rpc_timeout_s: float = 5.0
     # The HTTP/2 stack of the sidecar client (eebus_bridge/grpc_transport.py): pure-Python
     # grpclib, or grpcio's C core (faster; the optional `grpcio` extra).
-    grpc_transport: Literal["grpclib", "grpcio"] = "grpclib"
+    grpc_transport: GrpcTransportName = "grpclib"
 
 
 @attrs.frozen

@@ -28,17 +28,19 @@ import trio_asyncio  # noqa: F401  # isort: skip
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, get_args
 
 import grpclib.client
 import grpclib.encoding.base
 import grpclib.exceptions
 from grpclib.const import Cardinality, Status
 
+from eebus_bridge.config import GrpcTransportName
+
 T = TypeVar("T")
 
-TransportName = Literal["grpclib", "grpcio"]
-TRANSPORTS: tuple[TransportName, ...] = ("grpclib", "grpcio")
+TransportName = GrpcTransportName  # defined with the config, which must not import this module
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 
 
 class SidecarRpcError(Exception):

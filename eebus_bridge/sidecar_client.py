@@ -319,15 +319,18 @@ class SidecarClient:
                 rpc, "UNDECODABLE", f"the sidecar's answer is not a valid message ({exc})"
             ) from exc
 
-    async def _call(self, service: str, rpc: str, request: Any, response: type[M]) -> M:
-        """Run one unary RPC on the asyncio side, from Trio."""
+    async def _from_trio(self, rpc: str, aio_fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `aio_fn` (one unary RPC and what it makes of the answer) on the asyncio side,
+        from Trio."""
         # The transport's deadline is the real one; the Trio bound is a backstop for a stuck loop.
         with trio.move_on_after(self._timeout + 1.0):
-            result: M = await trio_asyncio.aio_as_trio(self._aio_call)(
-                service, rpc, request, response
-            )
+            result: T = await trio_asyncio.aio_as_trio(aio_fn)()
             return result
         raise SidecarUnreachable(f"{rpc}: no answer within {self._timeout + 1.0:.1f} s")
+
+    async def _call(self, service: str, rpc: str, request: Any, response: type[M]) -> M:
+        """One unary RPC from Trio (`_aio_call` under the Trio backstop)."""
+        return await self._from_trio(rpc, lambda: self._aio_call(service, rpc, request, response))
 
     # -- control service --------------------------------------------------------------------
 
@@ -405,8 +408,7 @@ class SidecarClient:
         )
 
     async def consumption_limit(self) -> SidecarLimit:
-        value: SidecarLimit = await trio_asyncio.aio_as_trio(self._aio_consumption_limit)()
-        return value
+        return await self._from_trio("ConsumptionLimit", self._aio_consumption_limit)
 
     async def _aio_consumption_limit(self) -> SidecarLimit:
         response = await self._aio_call(
@@ -418,9 +420,9 @@ class SidecarClient:
         return limit_from_wire(response.load_limit)
 
     async def pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
-        pending = self._aio_pending_consumption_limits
-        value: list[tuple[int, SidecarLimit]] = await trio_asyncio.aio_as_trio(pending)()
-        return value
+        return await self._from_trio(
+            "PendingConsumptionLimit", self._aio_pending_consumption_limits
+        )
 
     async def _aio_pending_consumption_limits(self) -> list[tuple[int, SidecarLimit]]:
         response = await self._aio_call(
@@ -432,9 +434,8 @@ class SidecarClient:
         return sorted((int(k), limit_from_wire(v)) for k, v in response.load_limits.items())
 
     async def approve_or_deny(self, msg_counter: int, approve: bool, reason: str) -> None:
-        await trio_asyncio.aio_as_trio(self._aio_answer)(
-            Answer(msg_counter=msg_counter, approve=approve, reason=reason)
-        )
+        answer = Answer(msg_counter=msg_counter, approve=approve, reason=reason)
+        await self._from_trio("ApproveOrDenyConsumptionLimit", lambda: self._aio_answer(answer))
 
     async def _aio_answer(self, answer: Answer, on_sent: Callable[[], None] | None = None) -> None:
         await self._aio_call(
@@ -448,8 +449,9 @@ class SidecarClient:
         )
 
     async def failsafe_limit(self) -> float:
-        value: float = await trio_asyncio.aio_as_trio(self._aio_failsafe_limit)()
-        return value
+        return await self._from_trio(
+            "FailsafeConsumptionActivePowerLimit", self._aio_failsafe_limit
+        )
 
     async def _aio_failsafe_limit(self) -> float:
         response = await self._aio_call(
@@ -461,8 +463,7 @@ class SidecarClient:
         return response.limit
 
     async def failsafe_duration(self) -> float:
-        value: float = await trio_asyncio.aio_as_trio(self._aio_failsafe_duration)()
-        return value
+        return await self._from_trio("FailsafeDurationMinimum", self._aio_failsafe_duration)
 
     async def _aio_failsafe_duration(self) -> float:
         response = await self._aio_call(
@@ -474,8 +475,7 @@ class SidecarClient:
         return response.duration_nanoseconds / NANOSECONDS
 
     async def is_heartbeat_within_duration(self) -> bool:
-        value: bool = await trio_asyncio.aio_as_trio(self._aio_is_heartbeat_within)()
-        return value
+        return await self._from_trio("IsHeartbeatWithinDuration", self._aio_is_heartbeat_within)
 
     async def _aio_is_heartbeat_within(self) -> bool:
         response = await self._aio_call(
