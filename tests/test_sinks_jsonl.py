@@ -269,3 +269,48 @@ async def test_a_busy_writer_does_not_hold_up_the_next_hand_overs(
         await writer.stop()
     assert [_limit_of(line) for line in stream.getvalue().splitlines()] == [1000.0, 3000.0]
     assert delivered == [(1, None), (3, None)]
+
+
+_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
+@pytest.mark.skipif(
+    jsonl.CURRENT_CPU is None or len(_CPUS) < 2, reason="needs Linux and two CPUs to move between"
+)
+async def test_the_writer_thread_follows_the_trio_threads_cpu(tmp_path: Path) -> None:
+    """The writer runs where the Trio thread waits for its line (module docstring): after each
+    hand-over it is confined to the CPU the hand-over ran on, also after the Trio thread moved."""
+    path = tmp_path / "limits.jsonl"
+    writer = jsonl._LineWriter(path.open("a", encoding="utf-8"), "test", lambda *_: None)
+    try:
+        for version, cpu in enumerate((max(_CPUS), min(_CPUS)), start=1):
+            os.sched_setaffinity(0, {cpu})  # this (the Trio) thread only: pid 0 is the caller
+            await _until_idle(writer)
+            writer.offer(version, limited(1000.0 * version))
+            assert os.sched_getaffinity(writer._thread.native_id or -1) == {cpu}
+    finally:
+        os.sched_setaffinity(0, _CPUS)
+        await writer.stop()
+    assert [_limit_of(line) for line in _read_lines(path)] == [1000.0, 2000.0]
+
+
+@pytest.mark.skipif(not _CPUS, reason="needs sched_getaffinity")
+async def test_a_refused_cpu_leaves_the_writer_where_it_was_and_the_lines_flowing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CPU the kernel refuses (here one this machine does not have, as a changed cpuset
+    could) is logged once at DEBUG; following stops and every line is still written."""
+    monkeypatch.setattr(jsonl, "CURRENT_CPU", lambda: 1_000_000)
+    path = tmp_path / "limits.jsonl"
+    writer = jsonl._LineWriter(path.open("a", encoding="utf-8"), "test", lambda *_: None)
+    try:
+        with caplog.at_level(logging.DEBUG, logger=jsonl.__name__):
+            for version in (1, 2, 3):
+                await _until_idle(writer)
+                writer.offer(version, limited(1000.0 * version))
+        assert os.sched_getaffinity(writer._thread.native_id or -1) == _CPUS
+    finally:
+        await writer.stop()
+    refused = [r for r in caplog.records if "stays on the process's CPUs" in r.getMessage()]
+    assert len(refused) == 1, caplog.text
+    assert [_limit_of(line) for line in _read_lines(path)] == [1000.0, 2000.0, 3000.0]
