@@ -36,9 +36,9 @@ CPU must first be woken from its halt. Two things avoid them:
   and the Trio thread goes on the moment the writer is back in its wait, without being woken.
   A write that blocks costs at most HAND_OVER_WAIT_S of such yielding, once (above).
 
-Measured (tools/trace_event_path.py, two runs each): answer received -> line written 0.41-0.43
--> 0.31-0.32 ms; answer received -> input applied (the Trio thread free again) 0.70-0.73 ->
-0.55-0.57 ms. Where the CPU cannot be followed (not Linux, no sched_getcpu, a refused
+Measured (tools/trace_event_path.py, alternating runs): answer received -> line written
+0.40-0.43 -> 0.31-0.32 ms; answer received -> input applied (the Trio thread free again)
+0.67-0.73 -> 0.55-0.57 ms. Where the CPU cannot be followed (not Linux, no sched_getcpu, a refused
 affinity: logged once at DEBUG, then no more tries), the writer keeps the process's CPUs and
 the hand-over still works, only without the first gain.
 """
