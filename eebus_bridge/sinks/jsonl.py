@@ -84,7 +84,6 @@ def _cpu_probe() -> Callable[[], int] | None:
 
 
 CURRENT_CPU = _cpu_probe()
-_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 def jsonl_line(publication: Publication) -> str:
@@ -183,8 +182,7 @@ class _LineWriter:
     # -- Trio side -------------------------------------------------------------------------
 
     def offer(self, version: int, publication: Publication) -> None:
-        if self._current_cpu is not None:
-            self._follow_trio_cpu(self._current_cpu)
+        self._follow_trio_cpu()
         with self._wake:
             self._offered = (version, publication)  # an older one not yet taken is skipped
             self._wake.notify()
@@ -192,11 +190,13 @@ class _LineWriter:
         if idle:  # let the thread write now (module docstring)
             deadline = time.monotonic() + HAND_OVER_WAIT_S
             while self._done < version and time.monotonic() < deadline:
-                _yield_cpu()  # (module docstring)
+                os.sched_yield()  # (module docstring)
 
-    def _follow_trio_cpu(self, current_cpu: Callable[[], int]) -> None:
+    def _follow_trio_cpu(self) -> None:
         """Confine the writer to the CPU this (the Trio) thread runs on (module docstring)."""
-        cpu = current_cpu()
+        if self._current_cpu is None:
+            return
+        cpu = self._current_cpu()
         if cpu == self._writer_cpu or cpu < 0 or not self._thread.is_alive():
             return  # (a thread that ended may have left its id to another)
         try:
