@@ -324,3 +324,31 @@ def test_a_window_while_the_bridge_was_stopped_shows_no_limit() -> None:
     stopped = [publication(at(1), "Limited", 3000.0), bridge(at(2), "stop")]
     timeline = derive_timeline(stopped, at(3), at(4))
     assert (timeline.periods, timeline.states) == ((), ())
+
+
+def _bottom_row_extents(root: ET.Element) -> list[tuple[float, float, str]]:
+    """(left, right, text) of the texts in the row under the hour labels (dates, axis label),
+    with widths estimated at 0.6 em per character."""
+    texts = [t for t in root.iter(f"{SVG}text") if t.get("font-size") == "11" and t.text]
+    row_y = max(float(t.get("y", "0")) for t in texts)
+    extents = []
+    for t in texts:
+        if float(t.get("y", "0")) != row_y:
+            continue
+        x, width = float(t.get("x", "0")), 0.6 * 11 * len(t.text or "")
+        anchor = t.get("text-anchor")
+        left = x - width if anchor == "end" else x - width / 2 if anchor == "middle" else x
+        extents.append((left, left + width, t.text or ""))
+    return sorted(extents)
+
+
+def test_a_day_that_begins_at_the_right_end_does_not_overwrite_the_axis_label() -> None:
+    """The status page's 24 h window just after midnight: the new day's date is shown, and
+    no two labels of the row under the hours overlap."""
+    until = datetime(2026, 11, 30, 0, 10, tzinfo=UTC)
+    root = _svg(DAY, until - timedelta(hours=24), until)
+    extents = _bottom_row_extents(root)
+    for (_, right, text), (left, _, following) in itertools.pairwise(extents):
+        assert right <= left, f"{text!r} overlaps {following!r}"
+    assert any("2026-11-30" in text for _, _, text in extents)
+    assert any("time (UTC)" in text for _, _, text in extents)

@@ -190,6 +190,10 @@ def _time_axis(
     first = math.ceil((since - _EPOCH).total_seconds() / step) * step
     out: list[str] = []
     base = top + plot_h
+    right = LEFT_MARGIN + plot_w
+    axis_label = "time (UTC)"  # right-aligned under the plot's end, in the row of the dates
+    # A date that would run into it (a day that begins near the right end) joins it instead.
+    dates_end_at = right - _text_width(axis_label, 11) - 8
     previous_day = None
     tick = _EPOCH + timedelta(seconds=first)
     while tick <= until:
@@ -208,17 +212,25 @@ def _time_axis(
         out.append(
             f"<text x='{tx:.1f}' y='{base + 17}' text-anchor='middle' fill='{_TEXT}'>{label}</text>"
         )
-        if sub:
+        if sub and tx + _text_width(sub, 11) / 2 > dates_end_at:
+            axis_label = f"{sub} · {axis_label}"
+        elif sub:
             out.append(
                 f"<text x='{tx:.1f}' y='{base + 31}' text-anchor='middle' fill='#6b7280' "
                 f"font-size='11'>{sub}</text>"
             )
         tick += timedelta(seconds=step)
     out.append(
-        f"<text x='{LEFT_MARGIN + plot_w:.1f}' y='{base + 31}' text-anchor='end' fill='#6b7280' "
-        "font-size='11'>time (UTC)</text>"
+        f"<text x='{right:.1f}' y='{base + 31}' text-anchor='end' fill='#6b7280' "
+        f"font-size='11'>{axis_label}</text>"
     )
     return out
+
+
+def _text_width(text: str, font_size: float) -> float:
+    """A generous estimate of a label's width in the chart's sans-serif font (digits and
+    lower case run ~0.55 em)."""
+    return 0.6 * font_size * len(text)
 
 
 def _limit_path(timeline: Timeline, x: _XScale, y: _YScale, top: int) -> str:
