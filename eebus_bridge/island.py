@@ -26,11 +26,20 @@ up at its time only to throw it away: one useless Trio step per RPC, five second
 each step the island drops cancelled timers from the head of the heap, as asyncio's own loop
 does in every iteration. Measured: a third fewer loop steps and ~10 % less CPU per EG write.
 
-This relies on private parts of trio-asyncio (`_main_loop_one(no_wait)`, the `_q_recv` queue
-and the `_timers` heap, the same in 0.15 and 0.16, the tested range in pyproject.toml). If a
-trio-asyncio release changes them, the island logs that at DEBUG and runs as trio-asyncio comes
-(slower, still correct); tests/test_island.py fails on that release, so nobody upgrades past it
-unnoticed.
+Third, callback checks. trio-asyncio's `call_soon`, `call_later` and `call_at` check every
+callback (`_check_callback`: is it a coroutine or a coroutine function, is it callable) before
+queueing it; asyncio's own loop does that only in debug mode. Every future's completion and
+every task step is queued through `call_soon`, about a dozen per unary call, and the check (two
+`inspect` lookups per callback) cost 3-8 % of a grpclib call's CPU (tools/bench_island.py,
+"batched" against "checked"), 3-6 % of the bridge's CPU per EG write (tools/bench_runtime.py,
+alternating runs). The island's loop checks them as asyncio does: in debug mode
+(`loop.set_debug(True)`, PYTHONASYNCIODEBUG) only.
+
+This relies on private parts of trio-asyncio (`_main_loop_one(no_wait)`, the `_q_recv` queue,
+the `_timers` heap, `_queue_handle` and `_check_callback`, the same in 0.15 and 0.16, the tested
+range in pyproject.toml). If a trio-asyncio release changes them, the island logs that at DEBUG
+and runs as trio-asyncio comes (slower, still correct); tests/test_island.py fails on that
+release, so nobody upgrades past it unnoticed.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 # trio_asyncio before grpclib anywhere (see sidecar_client.py).
 import trio_asyncio  # isort: skip
 
+import asyncio
 import heapq
 import inspect
 import logging
@@ -57,6 +67,7 @@ async def open_island() -> AsyncIterator[Any]:
     """`trio_asyncio.open_loop()` with batched stepping (module docstring); yields the loop."""
     async with trio_asyncio.open_loop() as loop:
         batch_ready_callbacks(loop)
+        check_callbacks_in_debug_only(loop)
         yield loop
 
 
@@ -95,6 +106,51 @@ def batch_ready_callbacks(loop: Any) -> bool:
 
     step._batched = True  # type: ignore[attr-defined]
     setattr(loop, _STEP, step)
+    return True
+
+
+def check_callbacks_in_debug_only(loop: Any) -> bool:
+    """Make a trio-asyncio loop check the callbacks it is given only in debug mode, as asyncio
+    does (module docstring); False (and the loop left as it was) when this trio-asyncio does
+    not queue its handles the expected way."""
+    queue_handle: Callable[[asyncio.Handle], asyncio.Handle] | None = getattr(
+        loop, "_queue_handle", None
+    )
+    if getattr(loop.call_soon, "_debug_checks_only", False):
+        return True
+    if queue_handle is None or not hasattr(loop, "_check_callback"):
+        log.debug("trio-asyncio %s: every callback is checked", _version())
+        return False
+
+    # The same as trio-asyncio's three methods, with the check under `if loop.get_debug()`.
+    def call_soon(callback: Callable[..., object], *args: Any, **context: Any) -> asyncio.Handle:
+        if loop.get_debug():
+            loop._check_callback(callback, "call_soon")
+        return queue_handle(asyncio.Handle(callback, args, loop, **context))
+
+    def call_at(
+        when: float, callback: Callable[..., object], *args: Any, **context: Any
+    ) -> asyncio.TimerHandle:
+        if loop.get_debug():
+            loop._check_callback(callback, "call_at")
+        handle = asyncio.TimerHandle(when, callback, args, loop, **context)
+        queue_handle(handle)
+        return handle
+
+    def call_later(
+        delay: float, callback: Callable[..., object], *args: Any, **context: Any
+    ) -> asyncio.TimerHandle:
+        if loop.get_debug():
+            loop._check_callback(callback, "call_later")
+        assert delay >= 0, delay  # as trio-asyncio has it
+        handle = asyncio.TimerHandle(delay + loop.time(), callback, args, loop, **context)
+        queue_handle(handle)
+        return handle
+
+    methods: tuple[Callable[..., asyncio.Handle], ...] = (call_soon, call_at, call_later)
+    for method in methods:
+        method._debug_checks_only = True  # type: ignore[attr-defined]
+        setattr(loop, method.__name__, method)
     return True
 
 

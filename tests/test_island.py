@@ -3,13 +3,14 @@
 What must hold: the installed trio-asyncio has the stepping method the island relies on (this
 test is the alarm for an upgrade that changes it), callbacks keep asyncio's order, callbacks that
 are ready together run together, Trio tasks still get their turn between batches (a callback
-that keeps rescheduling itself cannot starve them), timers fire, and the loop closes cleanly
-with work still queued.
+that keeps rescheduling itself cannot starve them), timers fire, callbacks are checked in
+debug mode only (as asyncio does), and the loop closes cleanly with work still queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -17,7 +18,9 @@ import pytest
 import trio
 import trio_asyncio
 
-from eebus_bridge.island import batch_ready_callbacks, open_island
+from eebus_bridge.island import batch_ready_callbacks, check_callbacks_in_debug_only, open_island
+
+_marker: contextvars.ContextVar[str] = contextvars.ContextVar("_marker", default="none")
 
 
 async def test_the_installed_trio_asyncio_is_stepped_in_batches() -> None:
@@ -149,3 +152,62 @@ async def test_cancelled_timers_do_not_stay_to_wake_the_loop() -> None:
         assert not kept.cancelled()
         # The cancelled ones were dropped when they reached the head of the heap, not 30 s on.
         assert loop._timers == []
+
+
+async def test_callbacks_are_checked_in_debug_mode_only_as_asyncio_does() -> None:
+    async with open_island() as loop:
+        checked: list[str] = []
+        real_check = loop._check_callback
+        loop._check_callback = lambda callback, method: checked.append(method)
+        try:
+            ran: list[str] = []
+            done = trio.Event()
+            ctx = contextvars.copy_context()
+            ctx.run(_marker.set, "from the context")
+            loop.call_soon(lambda: ran.append(_marker.get()), context=ctx)
+            loop.call_at(loop.time() + 0.01, ran.append, "at")
+            loop.call_later(0.02, ran.append, "later")
+            loop.call_later(0.03, done.set)
+            with trio.fail_after(5):
+                await done.wait()
+            assert ran == ["from the context", "at", "later"]
+            assert checked == []  # not in normal mode: the hot path (asyncio checks in debug only)
+
+            loop.set_debug(True)
+            loop.call_soon(ran.append, "x")
+            loop.call_at(loop.time(), ran.append, "y")
+            loop.call_later(0, ran.append, "z")
+            assert [m for m in checked if m != "call_soon_threadsafe"] == [
+                "call_soon",
+                "call_at",
+                "call_later",
+            ]
+        finally:
+            loop.set_debug(False)
+            loop._check_callback = real_check
+
+        async def coroutine() -> None:
+            pass
+
+        loop.set_debug(True)
+        try:
+            with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+                loop.call_soon(coroutine)
+        finally:
+            loop.set_debug(False)
+        assert check_callbacks_in_debug_only(loop) is True  # idempotent
+
+
+def test_a_trio_asyncio_without_queue_handle_keeps_its_own_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class OtherLoop:
+        def call_soon(self) -> None:
+            pass
+
+    loop: Any = OtherLoop()
+    original = loop.call_soon
+    with caplog.at_level(logging.DEBUG, logger="eebus_bridge.island"):
+        assert check_callbacks_in_debug_only(loop) is False
+    assert "every callback is checked" in caplog.text
+    assert loop.call_soon == original

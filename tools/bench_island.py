@@ -9,8 +9,10 @@ taking turns round by round so that the machine's other load hits them alike:
 - island/trio:   from Trio through `aio_as_trio` per call (how the bridge called every RPC
                  before its event lanes);
 - island/aio:    on the asyncio side of the island, awaited there (how the event lanes call);
-                 both island variants with the island's batched stepping (eebus_bridge/island.py,
-                 "batched") and with trio-asyncio's own, one callback per Trio step ("single");
+                 both island variants as the island runs (eebus_bridge/island.py, "batched":
+                 batched stepping, callbacks checked in debug mode only), with batched stepping
+                 but trio-asyncio's check of every callback ("checked"), and as trio-asyncio
+                 comes: one callback per Trio step, every callback checked ("single");
 - thread/trio:   grpclib on its own asyncio loop in a second thread; Trio hands each call over
                  with run_coroutine_threadsafe and is woken through its TrioToken;
 - thread/aio:    awaited on that thread's loop itself (plain asyncio, the floor for grpclib);
@@ -45,7 +47,7 @@ from eebus_bridge.config import load_config
 from eebus_bridge.eebus_link import set_config_request
 from eebus_bridge.generated import cs_lpc
 from eebus_bridge.grpc_transport import coalescing_protocol
-from eebus_bridge.island import batch_ready_callbacks, open_island
+from eebus_bridge.island import batch_ready_callbacks, check_callbacks_in_debug_only, open_island
 from eebus_bridge.sidecar_client import SidecarClient
 from tools.bench_runtime import percentile, write_bridge_config, write_scenario
 from tools.hems_simulator import open_simulator_process
@@ -170,11 +172,16 @@ async def run(calls: int, rounds: int, gap_s: float) -> Measured:
                         return await stub.consumption_limit(request)
 
                     await trio_asyncio.aio_as_trio(one)()  # connect
-                    for stepping in ("batched", "single"):
-                        if stepping == "batched":
-                            batch_ready_callbacks(loop)
-                        else:  # trio-asyncio as it comes: one asyncio callback per Trio step
+                    for stepping in ("batched", "checked", "single"):
+                        if stepping == "single":  # trio-asyncio as it comes: one callback per step
                             vars(loop).pop("_main_loop_one", None)
+                        else:
+                            batch_ready_callbacks(loop)
+                        if stepping == "batched":
+                            check_callbacks_in_debug_only(loop)
+                        else:  # trio-asyncio's checks of every callback it is given
+                            for method in ("call_soon", "call_at", "call_later"):
+                                vars(loop).pop(method, None)
                         await results.add(
                             f"island/trio {tag} {stepping}",
                             _timed_trio(trio_asyncio.aio_as_trio(one), calls, gap_s),
@@ -184,6 +191,7 @@ async def run(calls: int, rounds: int, gap_s: float) -> Measured:
                             trio_asyncio.aio_as_trio(_timed_aio)(one, calls, gap_s),
                         )
                     batch_ready_callbacks(loop)
+                    check_callbacks_in_debug_only(loop)
                     await trio_asyncio.aio_as_trio(lambda c=channel: asyncio.sleep(0, c.close()))()
 
                     async def thread_channel(
