@@ -28,11 +28,11 @@ does in every iteration. Measured: a third fewer loop steps and ~10 % less CPU p
 
 Third, callback checks. trio-asyncio's `call_soon`, `call_later` and `call_at` check every
 callback (`_check_callback`: is it a coroutine or a coroutine function, is it callable) before
-queueing it; asyncio's own loop does that only in debug mode. Every future's completion and
-every task step is queued through `call_soon`, about a dozen per unary call, and the check (two
-`inspect` lookups per callback) cost 3-8 % of a grpclib call's CPU (tools/bench_island.py,
-"batched" against "checked"), 3-6 % of the bridge's CPU per EG write (tools/bench_runtime.py,
-alternating runs). The island's loop checks them as asyncio does: in debug mode
+queueing it; asyncio's own loop does that only in debug mode. A unary call queues three to
+four callbacks (task wake-ups and steps, the coalescing flush, the deadline timer), and the
+checks (two `inspect` lookups each) had 3.3-3.5 % of the Trio thread's samples in a profile of
+tools/bench_runtime.py; the bridge's CPU per EG write went down 3-4 % (README "Performance").
+The island's loop checks them as asyncio does: in debug mode
 (`loop.set_debug(True)`, PYTHONASYNCIODEBUG) only.
 
 This relies on private parts of trio-asyncio (`_main_loop_one(no_wait)`, the `_q_recv` queue,

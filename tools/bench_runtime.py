@@ -38,7 +38,10 @@ Methods, per metric:
    simulator, each for the bridge and for a minimal client side by side (issue 12). One
    simulator process serves `--rounds` rounds; in each, the bridge and the minimal client take
    a turn (bridge first in even rounds, the client first in odd ones), so both meet the same
-   simulator and the same machine load, right before or after each other. The first turn does
+   simulator and the same machine load, right before or after each other. Keep turns short
+   (the default: 8 rounds, a few seconds of writes per turn): on a VM the speed of both drifts
+   by 10-20 % over tens of seconds, and with long turns one slow spell lands on one client
+   only and decides its p99 (README "Performance"). The first turn does
    the full handshake, later ones resume on the known LPC endpoint (the sidecar is already set
    up; the bridge does the same after a reconnect). A turn waits 1.5 s (one EG heartbeat, so
    writes in Init are not gated [LPC-TS-036]), then this process sends `--warmup` + samples
@@ -1441,7 +1444,7 @@ def _parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=20, help="unmeasured writes first, per phase (20)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=4, help="metrics 1+2: bridge/minimal client turns (4)"
+        "--rounds", type=int, default=8, help="metrics 1+2: bridge/minimal client turns (8)"
     )
     parser.add_argument(
         "--write-interval-ms", type=float, default=20.0, help="metrics 1+2: EG write every (20)"
