@@ -512,10 +512,12 @@ def minimal_client(
     handshake (or, when the sidecar is already set up, the same resumption on the known LPC
     endpoint), then per event: WriteApprovalRequired -> PendingConsumptionLimit -> approve each;
     DataUpdateLimit -> ConsumptionLimit -> one JSON line written and flushed. No state machine,
-    no checks. After each line, "<monotonic> <value>" goes to `stamps_path` (after the measured
-    moment). Runs until killed. With `trace_path` (tools/trace_event_path.py), each event's
-    steps are stamped there too: "D <received> <read sent> <read answered> <line written>" and
-    "W <received> <pending read sent> <pending read answered>".
+    no checks. Like the bridge, it keeps what start-up built out of the garbage collector's
+    full passes (`gc.freeze()`). After each line, "<monotonic> <value>" goes to `stamps_path`
+    (after the measured moment). Runs until killed. With `trace_path`
+    (tools/trace_event_path.py), each event's steps are stamped there too: "D <received>
+    <read sent> <read answered> <line written>" and "W <received> <pending read sent>
+    <pending read answered>".
     """
     import grpc  # from grpcio-tools (the test extra); the bridge itself never uses grpcio
 
@@ -599,6 +601,8 @@ def minimal_client(
         cs_lpc.ApproveOrDenyConsumptionLimitResponse,
     )
     read = unary(lpc, lpc_service + "ConsumptionLimit", cs_lpc.ConsumptionLimitResponse)
+    gc.collect()  # as the bridge (and the simulator) do after start-up: no full passes over it
+    gc.freeze()
     print("ready", flush=True)
     trace = trace_path.open("a") if trace_path is not None else None
     with stamps_path.open("a") as stamps, (stamps_path.parent / "minimal.jsonl").open("a") as out:
