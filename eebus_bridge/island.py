@@ -123,16 +123,18 @@ def check_callbacks_in_debug_only(loop: Any) -> bool:
         return False
 
     # The same as trio-asyncio's three methods, with the check under `if loop.get_debug()`.
-    def call_soon(callback: Callable[..., object], *args: Any, **context: Any) -> asyncio.Handle:
+    def check(callback: Callable[..., object], method: str) -> None:
         if loop.get_debug():
-            loop._check_callback(callback, "call_soon")
+            loop._check_callback(callback, method)
+
+    def call_soon(callback: Callable[..., object], *args: Any, **context: Any) -> asyncio.Handle:
+        check(callback, "call_soon")
         return queue_handle(asyncio.Handle(callback, args, loop, **context))
 
     def call_at(
         when: float, callback: Callable[..., object], *args: Any, **context: Any
     ) -> asyncio.TimerHandle:
-        if loop.get_debug():
-            loop._check_callback(callback, "call_at")
+        check(callback, "call_at")
         handle = asyncio.TimerHandle(when, callback, args, loop, **context)
         queue_handle(handle)
         return handle
@@ -140,8 +142,7 @@ def check_callbacks_in_debug_only(loop: Any) -> bool:
     def call_later(
         delay: float, callback: Callable[..., object], *args: Any, **context: Any
     ) -> asyncio.TimerHandle:
-        if loop.get_debug():
-            loop._check_callback(callback, "call_later")
+        check(callback, "call_later")
         assert delay >= 0, delay  # as trio-asyncio has it
         handle = asyncio.TimerHandle(delay + loop.time(), callback, args, loop, **context)
         queue_handle(handle)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import logging
 import os
 import random
@@ -73,6 +72,7 @@ from eebus_bridge.sidecar_process import (
     sidecar_command,
 )
 from eebus_bridge.sinks import Sink, make_sink
+from eebus_bridge.start_up import freeze_start_up
 from eebus_bridge.status import HistoryAccess, StatusEndpoint, StatusSources, StatusTracker
 
 log = logging.getLogger("eebus_bridge")
@@ -343,10 +343,7 @@ class _SignalShutdown:
 
 
 async def _main(config: Config, shutdown: _SignalShutdown) -> None:
-    # Everything imported and built so far lives as long as the process: keep it out of the
-    # garbage collector's full passes (a 20 ms pause each) that would otherwise delay answers.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     with trio.CancelScope() as scope:
         shutdown.attach(scope)
         async with open_island():

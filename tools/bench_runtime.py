@@ -108,7 +108,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
-import gc
 import itertools
 import json
 import logging
@@ -137,6 +136,7 @@ from eebus_bridge.publication import LatestValue, Publication
 from eebus_bridge.runtime import Bridge
 from eebus_bridge.sinks import jsonl as jsonl_sink
 from eebus_bridge.sinks import jsonl_line
+from eebus_bridge.start_up import freeze_start_up
 from tools.hems_simulator import SimulatorProcess, open_simulator_process, terminate
 
 EG_SKI = "5e1d6a3c0f4b2a7980c1d2e3f4a5b6c7d8e9f001"  # the bench scenario's EG
@@ -513,7 +513,7 @@ def minimal_client(
     endpoint), then per event: WriteApprovalRequired -> PendingConsumptionLimit -> approve each;
     DataUpdateLimit -> ConsumptionLimit -> one JSON line written and flushed. No state machine,
     no checks. Like the bridge, it keeps what start-up built out of the garbage collector's
-    full passes (`gc.freeze()`). After each line, "<monotonic> <value>" goes to `stamps_path`
+    full passes (`freeze_start_up`). After each line, "<monotonic> <value>" goes to `stamps_path`
     (after the measured moment). Runs until killed. With `trace_path`
     (tools/trace_event_path.py), each event's steps are stamped there too: "D <received>
     <read sent> <read answered> <line written>" and "W <received> <pending read sent>
@@ -601,8 +601,7 @@ def minimal_client(
         cs_lpc.ApproveOrDenyConsumptionLimitResponse,
     )
     read = unary(lpc, lpc_service + "ConsumptionLimit", cs_lpc.ConsumptionLimitResponse)
-    gc.collect()  # as the bridge (and the simulator) do after start-up: no full passes over it
-    gc.freeze()
+    freeze_start_up()  # as the bridge and the simulator do
     print("ready", flush=True)
     trace = trace_path.open("a") if trace_path is not None else None
     with stamps_path.open("a") as stamps, (stamps_path.parent / "minimal.jsonl").open("a") as out:
@@ -700,9 +699,7 @@ async def _bridge_phase(
     sink_writes = SinkWrites()
     with sink_writes.installed(), bridge_log_to(workdir / "bridge.log"):
         bridge = Bridge(config, publications=RecordedPublications())
-        # As `eebus-bridge run` does after start-up: long-lived objects out of the full passes.
-        gc.collect()
-        gc.freeze()
+        freeze_start_up()  # as `eebus-bridge run` does
         if endpoint:
             # The sidecar is already set up (by an earlier phase): resume on its LPC endpoint,
             # as the bridge does after a reconnect within one process.

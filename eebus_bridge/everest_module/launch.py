@@ -19,7 +19,6 @@ restarted with backoff.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -40,6 +39,7 @@ from eebus_bridge.everest_module.module_config import (
 from eebus_bridge.everest_module.sink import EverestCommandSink, LimitsCall
 from eebus_bridge.logs import LEVELS
 from eebus_bridge.pairing.device import check_device_pair
+from eebus_bridge.start_up import freeze_start_up
 
 log = logging.getLogger("eebus_bridge.everest_module")
 
@@ -132,8 +132,7 @@ async def _run_bridge_until_signal(
     from eebus_bridge.island import open_island
     from eebus_bridge.runtime import Bridge
 
-    gc.collect()  # as in `eebus-bridge run`: keep start-up objects out of full GC passes
-    gc.freeze()
+    freeze_start_up()
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:

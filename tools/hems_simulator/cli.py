@@ -15,7 +15,6 @@ pair that does not load, cannot listen),
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from eebus_bridge.start_up import freeze_start_up
 
 from .credentials import LocalCredentials, load_or_create_credentials
 from .logs import StdoutLog, parse_level
@@ -242,12 +243,9 @@ async def _serve(
                 log.info(f"Control service listening on 127.0.0.1:{sim.port}")
                 if sim.control_port is not None:
                     log.info(f"Control interface listening on 127.0.0.1:{sim.control_port}")
-                # What start-up built lives as long as the process: keep it out of the garbage
-                # collector's full passes, as `eebus-bridge run` does. Scanning it took 20-33 ms
-                # per pass, a few passes per benchmark run, each stalling the event or answer in
-                # flight (tools/bench_runtime.py measures both clients against this process).
-                gc.collect()
-                gc.freeze()
+                # As `eebus-bridge run` does: without it, a few full GC passes per benchmark run
+                # stalled the event or answer in flight, whichever client's turn it was.
+                freeze_start_up()
                 async for signum in signals:
                     if (
                         signum == signal.SIGTERM
